@@ -1,0 +1,60 @@
+//! Request ids: accepted when safe, generated (UUID v7) otherwise.
+//!
+//! (Work in progress: this layer currently passes requests through.)
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::extract::Request;
+use axum::response::Response;
+use tower::{Layer, Service};
+
+use crate::config::LoggingConfig;
+use crate::error::ConfigError;
+use crate::stack::BuildContext;
+
+/// Layer for `[logging]`.
+#[derive(Debug, Clone)]
+pub struct RequestIdLayer {
+    _private: (),
+}
+
+impl RequestIdLayer {
+    /// Builds the layer from its config section; `None` when disabled.
+    pub fn from_config(
+        _config: &LoggingConfig,
+        _ctx: &BuildContext,
+    ) -> Result<Option<Self>, ConfigError> {
+        Ok(None)
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+    fn layer(&self, inner: S) -> RequestId<S> {
+        RequestId { inner }
+    }
+}
+
+/// Service made by [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for RequestId<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        self.inner.call(req)
+    }
+}
