@@ -49,20 +49,29 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(path) => Config::load_file(&path)?,
         None => Config::load()?,
     };
-    palisade::telemetry::init(&config.logging)?;
     let bind = config.server.bind;
     let grace = Duration::from_secs(config.server.shutdown_timeout_s);
-    let palisade = Palisade::from_config(config).await?;
-
-    let app = Router::new()
+    let routes = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/items/{id}", get(get_item).put(put_item))
         .route("/private/{id}", get(private))
         .route("/admin/stats", get(admin_stats))
         .route("/me", get(me))
-        .route("/stream", get(stream))
-        .merge(palisade.routes())
-        .layer(palisade.layer());
+        .route("/stream", get(stream));
+
+    if std::env::args().any(|a| a == "--bare") {
+        // The same routes with no middleware at all: the baseline of benches/load.sh.
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        println!("bare axum (no palisade) listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, routes.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        return Ok(());
+    }
+
+    palisade::telemetry::init(&config.logging)?;
+    let palisade = Palisade::from_config(config).await?;
+    let app = routes.merge(palisade.routes()).layer(palisade.layer());
 
     let listener = tokio::net::TcpListener::bind(bind).await?;
     println!("palisade production example listening on http://{}", listener.local_addr()?);
