@@ -62,10 +62,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::args().any(|a| a == "--bare") {
         // The same routes with no middleware at all: the baseline of benches/load.sh.
         let listener = tokio::net::TcpListener::bind(bind).await?;
-        println!("bare axum (no palisade) listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, routes.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        println!(
+            "bare axum (no palisade) listening on http://{}",
+            listener.local_addr()?
+        );
+        axum::serve(
+            listener,
+            routes.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
         return Ok(());
     }
 
@@ -74,21 +80,27 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let app = routes.merge(palisade.routes()).layer(palisade.layer());
 
     let listener = tokio::net::TcpListener::bind(bind).await?;
-    println!("palisade production example listening on http://{}", listener.local_addr()?);
+    println!(
+        "palisade production example listening on http://{}",
+        listener.local_addr()?
+    );
     let drain = palisade.clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Readiness fails first, so a load balancer stops sending new traffic, then
-            // the server stops accepting and drains in-flight requests.
-            drain.shutdown();
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                eprintln!("graceful shutdown timed out after {grace:?}");
-                std::process::exit(1);
-            });
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        // Readiness fails first, so a load balancer stops sending new traffic, then
+        // the server stops accepting and drains in-flight requests.
+        drain.shutdown();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            eprintln!("graceful shutdown timed out after {grace:?}");
+            std::process::exit(1);
+        });
+    })
+    .await?;
     Ok(())
 }
 
@@ -112,7 +124,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -138,7 +151,9 @@ async fn private(Path(id): Path<String>) -> Response {
     let mut res = Json(json!({ "id": id, "private": true })).into_response();
     res.headers_mut().insert(
         SET_COOKIE,
-        axum::http::HeaderValue::from_static("session=demo; Path=/; HttpOnly; Secure; SameSite=Lax"),
+        axum::http::HeaderValue::from_static(
+            "session=demo; Path=/; HttpOnly; Secure; SameSite=Lax",
+        ),
     );
     res
 }
@@ -166,7 +181,11 @@ async fn stream() -> Response {
     tokio::spawn(async move {
         for i in 1..=10 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if tx.send(Ok(bytes::Bytes::from(format!("line {i}\n")))).await.is_err() {
+            if tx
+                .send(Ok(bytes::Bytes::from(format!("line {i}\n"))))
+                .await
+                .is_err()
+            {
                 return; // client went away
             }
         }

@@ -198,17 +198,18 @@ impl TrustedProxies {
         }
         match self.header {
             ForwardedHeader::XForwardedFor => {
-                let hops = header_list(headers, &X_FORWARDED_FOR).map(|s| parse_node(s));
+                let hops = header_list(headers, &X_FORWARDED_FOR).map(parse_node);
                 if let Some(ip) = self.walk(hops) {
                     info.ip = ip;
                     info.forwarded = true;
                 }
                 // The nearest trusted proxy's view of the scheme is the right-most value.
-                if let Some(proto) = header_list(headers, &X_FORWARDED_PROTO).last() {
-                    if let Some(s) = parse_proto(proto) {
-                        info.scheme = s;
-                        info.forwarded = true;
-                    }
+                if let Some(s) = header_list(headers, &X_FORWARDED_PROTO)
+                    .last()
+                    .and_then(parse_proto)
+                {
+                    info.scheme = s;
+                    info.forwarded = true;
                 }
             }
             ForwardedHeader::Forwarded => {

@@ -175,7 +175,7 @@ impl Palisade {
             #[allow(unused_mut)]
             let mut health = errors
                 .collect(crate::health::Health::from_config(&config.health, &ctx))
-                .unwrap_or_else(|| crate::health::Health::empty());
+                .unwrap_or_else(crate::health::Health::empty);
             #[cfg(feature = "redis")]
             if let Some(pool) = ctx.redis.clone() {
                 health = health.check("redis", true, move || {
