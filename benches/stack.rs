@@ -1,0 +1,264 @@
+#![allow(missing_docs)]
+//! The overhead report: bare axum, each palisade layer, the full palisade stack, and the
+//! crates palisade replaces doing the same jobs — all in one run, so the ratios compare
+//! like with like on whatever machine runs them.
+//!
+//! ```text
+//! cargo bench --bench stack            # criterion timings (ns per request)
+//! python3 benches/report.py            # ratios table from target/criterion, for BENCHMARKS.md
+//! ```
+//!
+//! Every variant is an axum `Router` finalized with `.with_state(())` (so routes are
+//! built once, as `axum::serve` does) and called in-process with `oneshot` on a
+//! current-thread runtime; the response body is drained so end-of-stream hooks run.
+//! Allocations per request are counted in a separate, untimed pass and printed.
+
+use std::alloc::System;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use axum::Router;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderName, HeaderValue, Request};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use tower::{ServiceBuilder, ServiceExt};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const API_KEY: &str = "bench-key-0123456789abcdef";
+
+fn request() -> Request<Body> {
+    let mut req = Request::get("/hello")
+        .header("host", "localhost")
+        .header("user-agent", "bench/1.0")
+        .header("x-api-key", API_KEY)
+        .body(Body::empty())
+        .expect("valid request");
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    req
+}
+
+fn hello_routes() -> Router {
+    Router::new().route("/hello", get(|| async { "hello" }))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn call(router: &Router) {
+    let res = router.clone().oneshot(request()).await.expect("infallible");
+    assert!(res.status().is_success(), "bench request failed: {}", res.status());
+    let _ = axum::body::to_bytes(res.into_body(), usize::MAX).await;
+}
+
+/// JSON log lines to a sink, at INFO, for every variant that logs (all formatting
+/// happens, no IO), installed once for the whole run.
+fn install_subscriber() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::sink)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
+    });
+}
+
+// ---------------------------------------------------------------- anchors
+
+fn anchor_governor() -> Router {
+    use tower_governor::GovernorLayer;
+    use tower_governor::governor::GovernorConfigBuilder;
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .use_headers()
+        .finish()
+        .expect("governor config");
+    hello_routes().layer(GovernorLayer::new(config))
+}
+
+fn prometheus_layer() -> axum_prometheus::PrometheusMetricLayer<'static> {
+    static PAIR: OnceLock<()> = OnceLock::new();
+    // `pair()` installs the global recorder and panics when called twice.
+    PAIR.get_or_init(|| {
+        let _ = axum_prometheus::PrometheusMetricLayer::pair();
+    });
+    axum_prometheus::PrometheusMetricLayer::new()
+}
+
+fn anchor_prometheus() -> Router {
+    hello_routes().layer(prometheus_layer())
+}
+
+fn anchor_trace() -> Router {
+    use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+    hello_routes().layer(
+        TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+    )
+}
+
+const HEADERS8: [(&str, &str); 8] = [
+    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("permissions-policy", "geolocation=()"),
+];
+
+fn set_header(i: usize) -> tower_http::set_header::SetResponseHeaderLayer<HeaderValue> {
+    tower_http::set_header::SetResponseHeaderLayer::overriding(
+        HeaderName::from_static(HEADERS8[i].0),
+        HeaderValue::from_static(HEADERS8[i].1),
+    )
+}
+
+fn anchor_headers() -> Router {
+    hello_routes().layer(
+        ServiceBuilder::new()
+            .layer(set_header(0))
+            .layer(set_header(1))
+            .layer(set_header(2))
+            .layer(set_header(3))
+            .layer(set_header(4))
+            .layer(set_header(5))
+            .layer(set_header(6))
+            .layer(set_header(7)),
+    )
+}
+
+fn anchor_all() -> Router {
+    use tower_governor::GovernorLayer;
+    use tower_governor::governor::GovernorConfigBuilder;
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+    let governor = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .use_headers()
+        .finish()
+        .expect("governor config");
+    let x_request_id = HeaderName::from_static("x-request-id");
+    hello_routes().layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(x_request_id.clone(), MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|req: &http::Request<Body>| {
+                        let id = req
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                    })
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+            )
+            .layer(PropagateRequestIdLayer::new(x_request_id))
+            .layer(set_header(0))
+            .layer(set_header(1))
+            .layer(set_header(2))
+            .layer(set_header(3))
+            .layer(set_header(4))
+            .layer(set_header(5))
+            .layer(set_header(6))
+            .layer(set_header(7))
+            .layer(prometheus_layer())
+            .layer(GovernorLayer::new(governor)),
+    )
+}
+
+// ---------------------------------------------------------------- palisade
+
+/// The full stack the issue's target names: request id, JSON access log, metrics, the
+/// `api` header set, host/HTTPS check, one in-memory rate-limit policy with headers,
+/// API-key auth.
+const FULL: &str = include_str!("stack-full.toml");
+
+fn palisade_router(rt: &tokio::runtime::Runtime, toml: &str) -> Router {
+    let config = palisade::Config::from_toml_str(toml).expect("bench config parses");
+    let stack = rt
+        .block_on(palisade::Palisade::from_config(config))
+        .expect("bench config is valid");
+    hello_routes().layer(stack.layer())
+}
+
+// ---------------------------------------------------------------- harness
+
+fn variants(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Router)> {
+    vec![
+        ("bare", hello_routes()),
+        ("anchor/tower_governor", anchor_governor()),
+        ("anchor/axum_prometheus", anchor_prometheus()),
+        ("anchor/trace_json", anchor_trace()),
+        ("anchor/set_response_header_x8", anchor_headers()),
+        ("anchor/all", anchor_all()),
+        ("palisade/full", palisade_router(rt, FULL)),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    install_subscriber();
+    let rt = runtime();
+    let variants: Vec<(&str, Router)> = variants(&rt)
+        .into_iter()
+        .map(|(name, r)| (name, r.with_state(())))
+        .collect();
+
+    // Untimed pass: allocations per request.
+    println!("\nallocations per request (1000 requests after 1000 warm-up):");
+    for (name, router) in &variants {
+        rt.block_on(async {
+            for _ in 0..1000 {
+                call(router).await;
+            }
+            let region = Region::new(GLOBAL);
+            for _ in 0..1000 {
+                call(router).await;
+            }
+            let stats = region.change();
+            println!(
+                "  {name:32} {:6.1} allocs/req {:8.0} bytes/req",
+                stats.allocations as f64 / 1000.0,
+                stats.bytes_allocated as f64 / 1000.0
+            );
+        });
+    }
+
+    let mut group = c.benchmark_group("stack");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    for (name, router) in &variants {
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        call(router).await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
