@@ -84,6 +84,7 @@ pub mod request_id;
 pub mod security_headers;
 #[cfg(feature = "trace")]
 pub mod trace;
+#[cfg(feature = "trace")] pub mod telemetry;
 
 pub use config::Config;
 pub use error::ConfigError;
