@@ -92,7 +92,10 @@ pub struct Health {
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Health")
-            .field("checks", &self.checks.iter().map(|c| &*c.name).collect::<Vec<_>>())
+            .field(
+                "checks",
+                &self.checks.iter().map(|c| &*c.name).collect::<Vec<_>>(),
+            )
             .field("path", &self.path)
             .field("ready_path", &self.ready_path)
             .field("timeout", &self.timeout)
@@ -111,7 +114,10 @@ impl Health {
     /// Builds from `[health]`; readiness fails once `ctx.shutdown` is triggered.
     pub fn from_config(config: &HealthConfig, ctx: &BuildContext) -> Result<Self, ConfigError> {
         let mut errors = ConfigError::default();
-        for (key, path) in [("health.path", &config.path), ("health.ready_path", &config.ready_path)] {
+        for (key, path) in [
+            ("health.path", &config.path),
+            ("health.ready_path", &config.ready_path),
+        ] {
             if !path.starts_with('/') {
                 errors.push(key, "must start with '/'");
             }
@@ -193,11 +199,7 @@ impl Health {
             return axum::Router::new();
         }
         let ready = Arc::new(Ready {
-            gauges: self
-                .checks
-                .iter()
-                .map(|c| gauge(&c.name))
-                .collect(),
+            gauges: self.checks.iter().map(|c| gauge(&c.name)).collect(),
             checks: self.checks.clone().into(),
             timeout: self.timeout,
             cache_ttl: self.cache_ttl,
@@ -207,7 +209,9 @@ impl Health {
         axum::Router::new()
             .route(
                 &self.path,
-                axum::routing::get(|| async { respond(Status::Pass, b"{\"status\":\"pass\"}".to_vec()) }),
+                axum::routing::get(|| async {
+                    respond(Status::Pass, b"{\"status\":\"pass\"}".to_vec())
+                }),
             )
             .route(
                 &self.ready_path,
@@ -344,7 +348,11 @@ impl Ready {
             });
             let ok = r.output.is_none();
             if !ok {
-                r.status = if check.critical { Status::Fail } else { Status::Warn };
+                r.status = if check.critical {
+                    Status::Fail
+                } else {
+                    Status::Warn
+                };
                 tracing::warn!(
                     target: "palisade::health",
                     check = &*check.name,
@@ -367,7 +375,10 @@ impl Ready {
             if let Some(out) = r.output {
                 entry["output"] = out.into();
             }
-            checks.insert(format!("{}:responseTime", check.name), serde_json::json!([entry]));
+            checks.insert(
+                format!("{}:responseTime", check.name),
+                serde_json::json!([entry]),
+            );
         }
         let _ = &self.gauges;
         let body = serde_json::json!({"status": overall.as_str(), "checks": checks});
@@ -387,7 +398,9 @@ mod tests {
         let status = res.status().as_u16();
         assert_eq!(res.headers()[CONTENT_TYPE], "application/health+json");
         assert_eq!(res.headers()[CACHE_CONTROL], "no-store");
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
     }
 
@@ -414,7 +427,10 @@ mod tests {
         assert_eq!(status, 503);
         assert_eq!(body["status"], "fail");
         assert_eq!(body["checks"]["db:responseTime"][0]["status"], "fail");
-        assert_eq!(body["checks"]["db:responseTime"][0]["output"], "timed out after 500 ms");
+        assert_eq!(
+            body["checks"]["db:responseTime"][0]["output"],
+            "timed out after 500 ms"
+        );
         assert!(start.elapsed() < Duration::from_secs(1));
         assert_eq!(get(&app, "/health").await.0, 200);
 
@@ -428,7 +444,10 @@ mod tests {
         let (status, body) = get(&app, "/ready").await;
         assert_eq!(status, 503);
         assert_eq!(body["status"], "fail");
-        assert_eq!(get(&app, "/health").await, (200, serde_json::json!({"status": "pass"})));
+        assert_eq!(
+            get(&app, "/health").await,
+            (200, serde_json::json!({"status": "pass"}))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -449,9 +468,17 @@ mod tests {
         let start = Instant::now();
         assert_eq!(get(&app, "/ready").await.0, 200);
         // Three 400 ms checks in under 900 ms: they ran concurrently (paused clock).
-        assert!(start.elapsed() < Duration::from_millis(800), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(get(&app, "/ready").await.0, 200);
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "second probe served from cache");
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "second probe served from cache"
+        );
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(get(&app, "/ready").await.0, 200);
         assert_eq!(runs.load(Ordering::SeqCst), 6);
@@ -469,7 +496,10 @@ mod tests {
         assert_eq!(body["checks"]["ok:responseTime"][0]["status"], "pass");
         assert_eq!(body["checks"]["flaky:responseTime"][0]["status"], "warn");
         assert_eq!(
-            body["checks"]["flaky:responseTime"][0]["output"].as_str().unwrap().len(),
+            body["checks"]["flaky:responseTime"][0]["output"]
+                .as_str()
+                .unwrap()
+                .len(),
             MAX_OUTPUT
         );
     }

@@ -83,8 +83,9 @@ pub mod request_id;
 #[cfg(feature = "security-headers")]
 pub mod security_headers;
 #[cfg(feature = "trace")]
+pub mod telemetry;
+#[cfg(feature = "trace")]
 pub mod trace;
-#[cfg(feature = "trace")] pub mod telemetry;
 
 pub use config::Config;
 pub use error::ConfigError;

@@ -71,7 +71,9 @@ use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, header};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use tower::{Layer, Service};
 
 use crate::client_ip::{Scheme, client_info};
@@ -219,11 +221,13 @@ fn key(name: &'static str, labels: Vec<Label>) -> Key {
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Registry {
@@ -381,7 +385,8 @@ impl Registry {
     }
 
     fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
-        self.recorder.register_counter(&key(name, labels), &metadata())
+        self.recorder
+            .register_counter(&key(name, labels), &metadata())
     }
 
     fn record_outcomes(&self, res: &Response) {
@@ -392,7 +397,9 @@ impl Registry {
                 (false, true) => 2,
                 _ => 0,
             };
-            let hit = read(&self.rate_limit).get(&*rl.policy).map(|c| c[i].clone());
+            let hit = read(&self.rate_limit)
+                .get(&*rl.policy)
+                .map(|c| c[i].clone());
             let counter = hit.unwrap_or_else(|| {
                 let mut map = write(&self.rate_limit);
                 let set = map.entry(rl.policy.as_ref().into()).or_insert_with(|| {
@@ -552,9 +559,15 @@ impl MetricsLayer {
         }
         for (i, b) in config.buckets.iter().enumerate() {
             if !b.is_finite() || *b <= 0.0 {
-                errors.push(format!("metrics.buckets[{i}]"), "must be a positive number of seconds");
+                errors.push(
+                    format!("metrics.buckets[{i}]"),
+                    "must be a positive number of seconds",
+                );
             } else if i > 0 && config.buckets[i - 1] >= *b {
-                errors.push(format!("metrics.buckets[{i}]"), "buckets must be strictly increasing");
+                errors.push(
+                    format!("metrics.buckets[{i}]"),
+                    "buckets must be strictly increasing",
+                );
             }
         }
         let mut paths = config.exclude_paths.clone();
@@ -565,7 +578,9 @@ impl MetricsLayer {
             Err(e) => {
                 // Name the problem after the config key the user wrote.
                 for p in e.problems() {
-                    let key = p.key.replace("metrics.exclude.paths", "metrics.exclude_paths");
+                    let key = p
+                        .key
+                        .replace("metrics.exclude.paths", "metrics.exclude_paths");
                     if !key.ends_with(&format!("[{}]", config.exclude_paths.len())) {
                         errors.push(key, p.message.clone());
                     }
@@ -724,8 +739,13 @@ where
         if let Some(s) = this.state.take() {
             s.active.decrement(1.0);
             let reg = s.registry;
-            reg.histogram(s.route, s.method.into(), s.scheme.into(), res.status().as_u16())
-                .record(s.start.elapsed().as_secs_f64());
+            reg.histogram(
+                s.route,
+                s.method.into(),
+                s.scheme.into(),
+                res.status().as_u16(),
+            )
+            .record(s.start.elapsed().as_secs_f64());
             reg.record_outcomes(&res);
         }
         Poll::Ready(Ok(res))
@@ -740,8 +760,14 @@ mod tests {
     fn methods_are_normalised() {
         assert_eq!(METHODS[method_index(&Method::GET)], "GET");
         assert_eq!(METHODS[method_index(&Method::PATCH)], "PATCH");
-        assert_eq!(METHODS[method_index(&Method::from_bytes(b"QUERY").unwrap())], "QUERY");
-        assert_eq!(METHODS[method_index(&Method::from_bytes(b"BREW").unwrap())], "_OTHER");
+        assert_eq!(
+            METHODS[method_index(&Method::from_bytes(b"QUERY").unwrap())],
+            "QUERY"
+        );
+        assert_eq!(
+            METHODS[method_index(&Method::from_bytes(b"BREW").unwrap())],
+            "_OTHER"
+        );
     }
 
     #[test]
@@ -761,7 +787,11 @@ mod tests {
             enabled: false,
             ..MetricsConfig::default()
         };
-        assert!(MetricsLayer::from_config(&off, &BuildContext::default()).unwrap().is_none());
+        assert!(
+            MetricsLayer::from_config(&off, &BuildContext::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -99,7 +99,10 @@ pub fn is_safe_id(id: &[u8]) -> bool {
         && id.len() <= MAX_REQUEST_ID_LEN
         && id.iter().all(|&b| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=' | b'@' | b'~')
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=' | b'@' | b'~'
+                )
         })
 }
 
@@ -153,7 +156,11 @@ impl RequestIdLayer {
         if !config.request_id {
             return Ok(None);
         }
-        Ok(Some(Self::new().header(header).accept_incoming(config.accept_request_id)))
+        Ok(Some(
+            Self::new()
+                .header(header)
+                .accept_incoming(config.accept_request_id),
+        ))
     }
 }
 
@@ -308,7 +315,12 @@ mod tests {
     #[tokio::test]
     async fn replaces_unsafe_or_missing_id() {
         let long = "x".repeat(200);
-        for incoming in [None, Some("has space"), Some(long.as_str()), Some("\"quoted\"")] {
+        for incoming in [
+            None,
+            Some("has space"),
+            Some(long.as_str()),
+            Some("\"quoted\""),
+        ] {
             let (header, seen) = run(RequestIdLayer::new(), incoming).await;
             assert_eq!(header, seen);
             assert_eq!(

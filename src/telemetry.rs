@@ -53,7 +53,9 @@ impl fmt::Display for InitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InitError::Config(e) => write!(f, "{e}"),
-            InitError::AlreadyInitialized => f.write_str("a global tracing subscriber is already installed"),
+            InitError::AlreadyInitialized => {
+                f.write_str("a global tracing subscriber is already installed")
+            }
         }
     }
 }
@@ -69,7 +71,10 @@ impl From<ConfigError> for InitError {
 /// The `EnvFilter` of `[logging] level`.
 pub fn env_filter(config: &LoggingConfig) -> Result<EnvFilter, ConfigError> {
     EnvFilter::try_new(&config.level).map_err(|e| {
-        ConfigError::new("logging.level", format!("not a valid filter directive: {e}"))
+        ConfigError::new(
+            "logging.level",
+            format!("not a valid filter directive: {e}"),
+        )
     })
 }
 
@@ -104,9 +109,7 @@ where
 }
 
 /// The JSON-lines `fmt` layer, for composing with your own layers.
-pub fn json_layer<S, W>(
-    writer: W,
-) -> tracing_subscriber::fmt::Layer<S, JsonFields, JsonFormat, W>
+pub fn json_layer<S, W>(writer: W) -> tracing_subscriber::fmt::Layer<S, JsonFields, JsonFormat, W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + 'static,
@@ -338,7 +341,11 @@ mod tests {
         assert_eq!(s, "1970-01-01T00:00:00.000000Z");
         s.clear();
         // 2024-02-29T23:59:59.5Z (leap day)
-        write_rfc3339(&mut s, UNIX_EPOCH + Duration::from_millis(1_709_251_199_500)).unwrap();
+        write_rfc3339(
+            &mut s,
+            UNIX_EPOCH + Duration::from_millis(1_709_251_199_500),
+        )
+        .unwrap();
         assert_eq!(s, "2024-02-29T23:59:59.500000Z");
         s.clear();
         write_rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(4_102_444_800)).unwrap();
@@ -375,7 +382,13 @@ mod tests {
             let inner = tracing::info_span!("inner", user = tracing::field::Empty);
             inner.record("user", "ann");
             let _i = inner.enter();
-            tracing::info!(ratio = 0.5, nan = f64::NAN, quote = "say \"hi\"", "hello {}", 42);
+            tracing::info!(
+                ratio = 0.5,
+                nan = f64::NAN,
+                quote = "say \"hi\"",
+                "hello {}",
+                42
+            );
             tracing::debug!("filtered out");
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
@@ -402,6 +415,9 @@ mod tests {
         assert!(matches!(init(&bad), Err(InitError::Config(_))));
         let first = init(&LoggingConfig::default());
         let second = init(&LoggingConfig::default());
-        assert!(matches!(second, Err(InitError::AlreadyInitialized)), "{first:?}");
+        assert!(
+            matches!(second, Err(InitError::AlreadyInitialized)),
+            "{first:?}"
+        );
     }
 }

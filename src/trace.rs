@@ -129,7 +129,10 @@ impl TraceLayer {
         let mut errors = ConfigError::default();
         #[cfg(feature = "trace")]
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.level) {
-            errors.push("logging.level", format!("not a valid filter directive: {e}"));
+            errors.push(
+                "logging.level",
+                format!("not a valid filter directive: {e}"),
+            );
         }
         let mut redact = Vec::with_capacity(config.redact_query_params.len());
         for (i, name) in config.redact_query_params.iter().enumerate() {
@@ -222,10 +225,7 @@ where
 
 fn request_span(req: &Request, redact: &[Box<str>]) -> Span {
     let info = client_info(req);
-    let traceparent = req
-        .headers()
-        .get("traceparent")
-        .and_then(parse_traceparent);
+    let traceparent = req.headers().get("traceparent").and_then(parse_traceparent);
     tracing::info_span!(
         target: TARGET,
         "http.server",
@@ -361,11 +361,35 @@ impl Finish {
         let error: Option<&str> = None;
         let out = Some(out);
         if level == Level::ERROR {
-            final_event!(Level::ERROR, "request completed", self, status, bytes, out, error);
+            final_event!(
+                Level::ERROR,
+                "request completed",
+                self,
+                status,
+                bytes,
+                out,
+                error
+            );
         } else if level == Level::WARN {
-            final_event!(Level::WARN, "request completed", self, status, bytes, out, error);
+            final_event!(
+                Level::WARN,
+                "request completed",
+                self,
+                status,
+                bytes,
+                out,
+                error
+            );
         } else {
-            final_event!(Level::INFO, "request completed", self, status, bytes, out, error);
+            final_event!(
+                Level::INFO,
+                "request completed",
+                self,
+                status,
+                bytes,
+                out,
+                error
+            );
         }
     }
 
@@ -615,9 +639,8 @@ mod tests {
 
     #[test]
     fn traceparent() {
-        let ok = HeaderValue::from_static(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        );
+        let ok =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         assert_eq!(
             parse_traceparent(&ok),
             Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
@@ -631,7 +654,11 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736",
             "",
         ] {
-            assert_eq!(parse_traceparent(&HeaderValue::from_static(bad)), None, "{bad}");
+            assert_eq!(
+                parse_traceparent(&HeaderValue::from_static(bad)),
+                None,
+                "{bad}"
+            );
         }
         let future = HeaderValue::from_static(
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
@@ -641,9 +668,11 @@ mod tests {
 
     #[test]
     fn default_config_builds_and_validates() {
-        assert!(TraceLayer::from_config(&LoggingConfig::default(), &BuildContext::default())
-            .unwrap()
-            .is_some());
+        assert!(
+            TraceLayer::from_config(&LoggingConfig::default(), &BuildContext::default())
+                .unwrap()
+                .is_some()
+        );
         let bad = LoggingConfig {
             level: "info,[".into(),
             redact_query_params: vec![String::new()],

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, MethodFilter};
+use axum::routing::{MethodFilter, get, on};
 use bytes::Bytes;
 use http::StatusCode;
 use palisade::client_ip::ConnectionTls;
@@ -63,10 +63,9 @@ impl Buf {
 fn capture() -> (Buf, tracing::subscriber::DefaultGuard) {
     let buf = Buf::default();
     let writer = buf.clone();
-    let sub = palisade::telemetry::json_subscriber(&LoggingConfig::default(), move || {
-        writer.clone()
-    })
-    .unwrap();
+    let sub =
+        palisade::telemetry::json_subscriber(&LoggingConfig::default(), move || writer.clone())
+            .unwrap();
     (buf, tracing::subscriber::set_default(sub))
 }
 
@@ -113,7 +112,10 @@ fn unauthorized() -> Response {
 
 fn limited() -> Response {
     let mut res = Problem::new(StatusCode::TOO_MANY_REQUESTS)
-        .header(http::header::RETRY_AFTER, http::HeaderValue::from_static("3"))
+        .header(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("3"),
+        )
         .rejection("rate_limit", "limited")
         .into_response();
     res.extensions_mut().insert(RateLimitOutcome {
@@ -166,10 +168,16 @@ async fn completed_request_has_every_field_and_no_secret() {
     assert_eq!(res.headers()["x-request-id"], "req-abc-1");
 
     let text = buf.text();
-    assert!(!text.contains("s3cr3t"), "a secret leaked into the logs:\n{text}");
+    assert!(
+        !text.contains("s3cr3t"),
+        "a secret leaked into the logs:\n{text}"
+    );
     let lines = buf.lines();
     // The handler's own event carries the request's span fields at the top level.
-    let handler = lines.iter().find(|v| v["message"] == "handler ran").unwrap();
+    let handler = lines
+        .iter()
+        .find(|v| v["message"] == "handler ran")
+        .unwrap();
     assert_eq!(handler["request_id"], "req-abc-1");
     assert_eq!(handler["http.route"], "/log-items/{id}");
 
@@ -254,19 +262,33 @@ async fn rejections_carry_palisade_decisions() {
     assert_eq!(by_path("/log-boom")["level"], "ERROR");
 
     // The same decisions are counted.
-    let (_, metrics) = send(&app, request("GET", "/metrics").body(Body::empty()).unwrap()).await;
+    let (_, metrics) = send(
+        &app,
+        request("GET", "/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
     assert!(
-        metrics.lines().any(|l| l.starts_with("palisade_auth_total{")
-            && l.contains(r#"scheme="api_key""#)
-            && l.contains(r#"outcome="invalid""#)),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("palisade_auth_total{")
+                && l.contains(r#"scheme="api_key""#)
+                && l.contains(r#"outcome="invalid""#)),
         "{metrics}"
     );
-    assert!(metrics.lines().any(|l| l.starts_with("palisade_rate_limit_decisions_total{")
-        && l.contains(r#"policy="obs-per-ip""#)
-        && l.contains(r#"outcome="limited""#)));
-    assert!(metrics.lines().any(|l| l.starts_with("palisade_cache_requests_total{")
-        && l.contains(r#"result="hit""#)));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("palisade_rate_limit_decisions_total{")
+                && l.contains(r#"policy="obs-per-ip""#)
+                && l.contains(r#"outcome="limited""#))
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("palisade_cache_requests_total{")
+                && l.contains(r#"result="hit""#))
+    );
 }
 
 /// A body that sends one chunk and then never ends.
@@ -285,7 +307,9 @@ impl http_body::Body for Endless {
             Poll::Pending
         } else {
             self.sent = true;
-            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"chunk")))))
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"chunk",
+            )))))
         }
     }
 }
@@ -309,15 +333,23 @@ async fn cancelled_requests_are_logged_and_leave_no_active_request() {
     let routes = Router::new()
         .route(
             "/log-hang",
-            on(MethodFilter::TRACE, || std::future::pending::<&'static str>()),
+            on(MethodFilter::TRACE, || {
+                std::future::pending::<&'static str>()
+            }),
         )
         .route(
             "/log-stream",
-            on(MethodFilter::OPTIONS, || async { Body::new(Endless { sent: false }) }),
+            on(MethodFilter::OPTIONS, || async {
+                Body::new(Endless { sent: false })
+            }),
         );
     let (palisade, app) = stack(Config::default(), routes).await;
     let scrape = || async {
-        let (_, m) = send(&app, request("GET", "/metrics").body(Body::empty()).unwrap()).await;
+        let (_, m) = send(
+            &app,
+            request("GET", "/metrics").body(Body::empty()).unwrap(),
+        )
+        .await;
         String::from_utf8(m.to_vec()).unwrap()
     };
 
@@ -335,12 +367,17 @@ async fn cancelled_requests_are_logged_and_leave_no_active_request() {
     // 2. The client goes away in the middle of a streamed body.
     let res = app
         .clone()
-        .oneshot(request("OPTIONS", "/log-stream").body(Body::empty()).unwrap())
+        .oneshot(
+            request("OPTIONS", "/log-stream")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
-    let first = std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).await;
+    let first =
+        std::future::poll_fn(|cx| http_body::Body::poll_frame(Pin::new(&mut body), cx)).await;
     assert!(first.unwrap().unwrap().is_data());
     drop(body);
     assert_eq!(active_requests(&scrape().await, "OPTIONS"), 0.0);
@@ -351,11 +388,17 @@ async fn cancelled_requests_are_logged_and_leave_no_active_request() {
         .filter(|v| v["message"] == "request aborted by the client")
         .collect();
     assert_eq!(aborted.len(), 2, "{}", buf.text());
-    let hang = aborted.iter().find(|v| v["url.path"] == "/log-hang").unwrap();
+    let hang = aborted
+        .iter()
+        .find(|v| v["url.path"] == "/log-hang")
+        .unwrap();
     assert_eq!(hang["level"], "WARN");
     assert_eq!(hang["error.type"], "client_disconnected");
     assert!(hang.get("http.response.status_code").is_none());
-    let stream = aborted.iter().find(|v| v["url.path"] == "/log-stream").unwrap();
+    let stream = aborted
+        .iter()
+        .find(|v| v["url.path"] == "/log-stream")
+        .unwrap();
     assert_eq!(stream["http.response.status_code"], 200);
     assert_eq!(stream["http.response.body.size"], 5);
     // Neither produced a "request completed" line; ops routes log nothing.
@@ -372,19 +415,45 @@ async fn metrics_scrape_has_otel_names_templated_routes_and_bounded_series() {
     let routes = Router::new().route("/m-items/{id}", get(|| async { "item" }));
     let (_p, app) = stack(Config::default(), routes).await;
     for i in 0..5 {
-        let (res, _) = send(&app, request("GET", &format!("/m-items/{i}")).body(Body::empty()).unwrap()).await;
+        let (res, _) = send(
+            &app,
+            request("GET", &format!("/m-items/{i}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(res.status(), 200);
     }
-    let (res, _) = send(&app, request("BREW", "/m-items/1").body(Body::empty()).unwrap()).await;
+    let (res, _) = send(
+        &app,
+        request("BREW", "/m-items/1").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(res.status(), 405);
     send(&app, request("GET", "/health").body(Body::empty()).unwrap()).await;
-    send(&app, request("GET", "/m-unknown-0").body(Body::empty()).unwrap()).await;
+    send(
+        &app,
+        request("GET", "/m-unknown-0").body(Body::empty()).unwrap(),
+    )
+    .await;
 
-    let (res, body) = send(&app, request("GET", "/metrics").body(Body::empty()).unwrap()).await;
+    let (res, body) = send(
+        &app,
+        request("GET", "/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = String::from_utf8(body.to_vec()).unwrap();
-    assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"), "{text}");
+    assert!(
+        text.contains("# TYPE http_server_request_duration_seconds histogram"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE http_server_active_requests gauge"));
     let series = |l: &str, route: &str, method: &str, status: &str| {
         l.contains(&format!(r#"http_route="{route}""#))
@@ -399,8 +468,10 @@ async fn metrics_scrape_has_otel_names_templated_routes_and_bounded_series() {
         .collect();
     for le in ["0.005", "0.075", "0.75", "7.5", "10", "+Inf"] {
         assert!(
-            items.iter().any(|l| l.starts_with("http_server_request_duration_seconds_bucket{")
-                && l.contains(&format!(r#"le="{le}""#))),
+            items.iter().any(
+                |l| l.starts_with("http_server_request_duration_seconds_bucket{")
+                    && l.contains(&format!(r#"le="{le}""#))
+            ),
             "bucket {le} missing:\n{text}"
         );
     }
@@ -409,20 +480,36 @@ async fn metrics_scrape_has_otel_names_templated_routes_and_bounded_series() {
         .find(|l| l.starts_with("http_server_request_duration_seconds_count{"))
         .unwrap();
     assert!(count_line.ends_with(" 5"), "{count_line}");
-    assert!(lines.iter().any(|l| series(l, "/m-items/{id}", "_OTHER", "405")), "{text}");
-    assert!(lines.iter().any(|l| series(l, "<unmatched>", "GET", "404")), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| series(l, "/m-items/{id}", "_OTHER", "405")),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| series(l, "<unmatched>", "GET", "404")),
+        "{text}"
+    );
     assert!(!text.contains("/m-items/1\""), "raw path used as a label");
-    assert!(!text.contains(r#"http_route="/health""#) && !text.contains(r#"http_route="/metrics""#));
+    assert!(
+        !text.contains(r#"http_route="/health""#) && !text.contains(r#"http_route="/metrics""#)
+    );
 
     // A scanner: 10 000 distinct unknown paths add no series.
     let before = text.lines().count();
     let unmatched_before = count(&text, "<unmatched>");
     for i in 0..10_000 {
-        let req = request("GET", &format!("/m-unknown-{i}/x?q={i}")).body(Body::empty()).unwrap();
+        let req = request("GET", &format!("/m-unknown-{i}/x?q={i}"))
+            .body(Body::empty())
+            .unwrap();
         let res = app.clone().oneshot(req).await.unwrap();
         assert_eq!(res.status(), 404);
     }
-    let (_, body) = send(&app, request("GET", "/metrics").body(Body::empty()).unwrap()).await;
+    let (_, body) = send(
+        &app,
+        request("GET", "/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
     let after = String::from_utf8(body.to_vec()).unwrap();
     assert_eq!(count(&after, "<unmatched>"), unmatched_before);
     assert!(!after.contains("m-unknown"));
@@ -436,15 +523,24 @@ async fn health_and_readiness_follow_shutdown() {
     let (res, body) = send(&app, request("GET", "/health").body(Body::empty()).unwrap()).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/health+json");
-    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["status"], "pass");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["status"],
+        "pass"
+    );
     let (res, body) = send(&app, request("GET", "/ready").body(Body::empty()).unwrap()).await;
     assert_eq!(res.status(), 200, "{body:?}");
-    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["status"], "pass");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["status"],
+        "pass"
+    );
 
     palisade.shutdown();
     let (res, body) = send(&app, request("GET", "/ready").body(Body::empty()).unwrap()).await;
     assert_eq!(res.status(), 503);
-    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["status"], "fail");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["status"],
+        "fail"
+    );
     let (res, _) = send(&app, request("GET", "/health").body(Body::empty()).unwrap()).await;
     assert_eq!(res.status(), 200, "liveness stays up while draining");
 }
@@ -460,11 +556,21 @@ async fn failing_check_sets_health_gauge_and_recovers() {
         .cache_ttl(std::time::Duration::ZERO)
         .check("obs-dependency", true, move || {
             let ok = flag.load(Ordering::SeqCst);
-            async move { if ok { Ok(()) } else { Err("connection refused".into()) } }
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("connection refused".into())
+                }
+            }
         })
         .router();
     let gauge = || async {
-        let (_, m) = send(&metrics_app, request("GET", "/metrics").body(Body::empty()).unwrap()).await;
+        let (_, m) = send(
+            &metrics_app,
+            request("GET", "/metrics").body(Body::empty()).unwrap(),
+        )
+        .await;
         let text = String::from_utf8(m.to_vec()).unwrap();
         text.lines()
             .find(|l| l.starts_with(r#"palisade_health_check{check="obs-dependency"}"#))
@@ -473,7 +579,10 @@ async fn failing_check_sets_health_gauge_and_recovers() {
     let (res, body) = send(&app, request("GET", "/ready").body(Body::empty()).unwrap()).await;
     assert_eq!(res.status(), 503);
     let v: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v["checks"]["obs-dependency:responseTime"][0]["output"], "connection refused");
+    assert_eq!(
+        v["checks"]["obs-dependency:responseTime"][0]["output"],
+        "connection refused"
+    );
     assert_eq!(gauge().await.as_deref(), Some("0"));
     up.store(true, Ordering::SeqCst);
     let (res, _) = send(&app, request("GET", "/ready").body(Body::empty()).unwrap()).await;
