@@ -1,6 +1,5 @@
-#![allow(missing_docs)]
-//! Per-request cost of palisade's observability group (request id + JSON access log
-//! + Prometheus metrics) against a bare router and against the usual pair doing the
+//! Per-request cost of palisade's observability group (request id, JSON access log
+//! and Prometheus metrics) against a bare router and against the usual pair doing the
 //! same job: tower-http `SetRequestId`/`TraceLayer` (JSON, INFO span with the
 //! request id, INFO response event) + axum-prometheus, all in one run.
 //!
@@ -10,6 +9,7 @@
 //! exporters' upkeep runs at the end of every sample, so its amortized cost counts.
 //!
 //! `cargo bench --bench observability`
+#![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

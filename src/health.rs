@@ -271,8 +271,11 @@ struct Ready {
     timeout: Duration,
     cache_ttl: Duration,
     shutdown: Option<Shutdown>,
-    cached: tokio::sync::Mutex<Option<(Instant, Status, Arc<[u8]>)>>,
+    cached: tokio::sync::Mutex<Option<Cached>>,
 }
+
+/// When a readiness report was made, its status and its body.
+type Cached = (Instant, Status, Arc<[u8]>);
 
 struct CheckResult {
     status: Status,
@@ -288,10 +291,10 @@ impl Ready {
         }
         // One run at a time: concurrent probes wait for it and share its result.
         let mut cached = self.cached.lock().await;
-        if let Some((at, status, body)) = &*cached {
-            if at.elapsed() < self.cache_ttl {
-                return respond(*status, body.to_vec());
-            }
+        if let Some((at, status, body)) = &*cached
+            && at.elapsed() < self.cache_ttl
+        {
+            return respond(*status, body.to_vec());
         }
         let (status, body) = self.run().await;
         let body: Arc<[u8]> = body.into();
@@ -387,6 +390,7 @@ impl Ready {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -452,12 +452,13 @@ impl Registry {
                 })
                 .increment(1);
         }
-        if let Some(r) = ext.get::<Rejection>() {
-            if r.layer == "https" && res.status().is_redirection() {
-                self.https_redirects
-                    .get_or_init(|| self.counter("palisade_https_redirects_total", Vec::new()))
-                    .increment(1);
-            }
+        if let Some(r) = ext.get::<Rejection>()
+            && r.layer == "https"
+            && res.status().is_redirection()
+        {
+            self.https_redirects
+                .get_or_init(|| self.counter("palisade_https_redirects_total", Vec::new()))
+                .increment(1);
         }
     }
 }
@@ -753,6 +754,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

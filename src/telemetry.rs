@@ -176,11 +176,11 @@ where
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 let ext = span.extensions();
-                if let Some(fields) = ext.get::<FormattedFields<JsonFields>>() {
-                    if !fields.fields.is_empty() {
-                        w.write_char(',')?;
-                        w.write_str(&fields.fields)?;
-                    }
+                if let Some(fields) = ext.get::<FormattedFields<JsonFields>>()
+                    && !fields.fields.is_empty()
+                {
+                    w.write_char(',')?;
+                    w.write_str(&fields.fields)?;
                 }
             }
         }
@@ -329,6 +329,7 @@ fn write_rfc3339(w: &mut impl fmt::Write, t: SystemTime) -> fmt::Result {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};

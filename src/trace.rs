@@ -196,13 +196,13 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let settings = &*self.settings;
-        if let Some(exclude) = &settings.exclude {
-            if exclude.matches_path(req.uri().path()) {
-                return TraceFuture {
-                    inner: self.inner.call(req),
-                    state: None,
-                };
-            }
+        if let Some(exclude) = &settings.exclude
+            && exclude.matches_path(req.uri().path())
+        {
+            return TraceFuture {
+                inner: self.inner.call(req),
+                state: None,
+            };
         }
         let start = Instant::now();
         let span = request_span(&req, &settings.redact);
@@ -616,6 +616,7 @@ fn is_redacted(raw: &str, names: &[Box<str>]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

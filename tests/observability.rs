@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Whole-stack observability tests: access log lines captured from a real
 //! subscriber, `/metrics` scraped after real traffic, readiness and shutdown.
 //!
