@@ -12,7 +12,7 @@
 //! | `http.request.method` | the method |
 //! | `http.route` | the axum route template ([`MatchedPath`]), absent when unmatched |
 //! | `url.path`, `url.query` | the URI; values of `redact_query_params` become `[REDACTED]` |
-//! | `url.scheme`, `client.address` | [`client_info`](crate::client_ip::client_info): trusted proxies only |
+//! | `url.scheme`, `client.address` | [`client_info`]: trusted proxies only |
 //! | `user_agent.original` | the `User-Agent` header |
 //! | `http.response.status_code` | the status |
 //! | `duration_ms` | request start to last body byte, a number |
@@ -46,7 +46,29 @@
 //! ```
 //!
 //! Apply it with `Router::layer` (as [`Palisade`](crate::Palisade) does), so that the
-//! route template is known.
+//! route template is known:
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use palisade::request_id::RequestIdLayer;
+//! use palisade::trace::TraceLayer;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let app: Router = Router::new()
+//!     .route("/items/{id}", get(|| async { "item" }))
+//!     .layer(tower::ServiceBuilder::new().layer(RequestIdLayer::new()).layer(TraceLayer::new()));
+//! // With `palisade::telemetry::init(&config.logging)` at start-up, this request
+//! // writes one `request completed` line with `"http.route":"/items/{id}"`.
+//! let req = http::Request::get("/items/7?token=abc").body(axum::body::Body::empty()).unwrap();
+//! let res = app.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # }
+//! ```
+//!
+//! If the filter disables the `INFO` span (say `level = "warn"`), the `WARN` and
+//! `ERROR` lines still name the request: they then carry `request_id`,
+//! `http.request.method` and `url.path` themselves.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
