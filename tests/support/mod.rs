@@ -21,8 +21,16 @@ impl RedisServer {
     /// `PALISADE_TEST_REDIS_URL`, which is then never killed).
     pub fn start() -> Self {
         if let Ok(url) = std::env::var("PALISADE_TEST_REDIS_URL") {
-            let port = url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or(6379);
-            return Self { child: None, port, url };
+            let port = url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse().ok())
+                .unwrap_or(6379);
+            return Self {
+                child: None,
+                port,
+                url,
+            };
         }
         Self::start_owned()
     }
@@ -30,14 +38,27 @@ impl RedisServer {
     /// Always starts a server of our own (for tests that kill or pause it).
     pub fn start_owned() -> Self {
         let port = free_port();
-        let mut s = Self { child: None, port, url: format!("redis://127.0.0.1:{port}") };
+        let mut s = Self {
+            child: None,
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -81,8 +102,16 @@ impl RedisServer {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("only an owned server can be signalled").id();
-        let ok = Command::new("kill").args([sig, &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+        let pid = self
+            .child
+            .as_ref()
+            .expect("only an owned server can be signalled")
+            .id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         assert!(ok, "kill {sig} {pid} failed");
     }
 
@@ -101,7 +130,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         if let Some(c) = &self.child {
             // A paused server would not die from SIGTERM; SIGKILL works regardless.
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
         }
         self.kill();
     }
@@ -109,13 +140,18 @@ impl Drop for RedisServer {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 fn wait_for_ping(port: u16, limit: Duration) {
     let start = Instant::now();
     while start.elapsed() < limit {
-        let out = Command::new("redis-cli").args(["-p", &port.to_string(), "PING"]).output();
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "PING"])
+            .output();
         if let Ok(o) = out {
             if String::from_utf8_lossy(&o.stdout).trim() == "PONG" {
                 return;
