@@ -83,6 +83,8 @@ pub mod request_id;
 #[cfg(feature = "security-headers")]
 pub mod security_headers;
 #[cfg(feature = "trace")]
+pub mod telemetry;
+#[cfg(feature = "trace")]
 pub mod trace;
 
 pub use config::Config;

@@ -1,38 +1,198 @@
 //! Structured access logs: one span and one completion event per request.
 //!
-//! (Work in progress: this layer currently passes requests through.)
+//! Every request gets one `tracing` span, `http.server` (target `palisade::access`,
+//! level `INFO`), carrying what is known when the request arrives; every event your
+//! handler logs inside it inherits those fields. When the response body has been
+//! sent, **one** event closes the request with what is known at the end:
+//!
+//! | field | from |
+//! |---|---|
+//! | `request_id` | [`RequestId`](crate::request_id::RequestId) (feature `request-id`) |
+//! | `trace_id`, `span_id` | a valid W3C `traceparent` header |
+//! | `http.request.method` | the method |
+//! | `http.route` | the axum route template ([`MatchedPath`]), absent when unmatched |
+//! | `url.path`, `url.query` | the URI; values of `redact_query_params` become `[REDACTED]` |
+//! | `url.scheme`, `client.address` | [`client_info`]: trusted proxies only |
+//! | `user_agent.original` | the `User-Agent` header |
+//! | `http.response.status_code` | the status |
+//! | `duration_ms` | request start to last body byte, a number |
+//! | `http.response.body.size` | bytes of body actually sent |
+//! | `rate_limit.outcome`, `rate_limit.policy` | [`RateLimitOutcome`] |
+//! | `auth.scheme`, `auth.outcome`, `auth.identity` | [`AuthOutcome`] |
+//! | `cache.status`, `cache.reason` | [`CacheOutcome`] |
+//! | `rejection.layer`, `rejection.reason` | [`Rejection`] of a palisade-made response |
+//!
+//! The level follows the outcome: `INFO` for `1xx`–`3xx`, `INFO` or `WARN` for `4xx`
+//! (`[logging] client_error_level`), `ERROR` for `5xx`. When the client goes away
+//! first (the response future or the body is dropped before the end), the request
+//! ends instead with one `WARN` event "request aborted by the client" carrying
+//! `error.type = "client_disconnected"`, the elapsed time and the bytes sent.
+//!
+//! No request header other than `User-Agent` is ever logged, so `Authorization`,
+//! `Cookie`, API keys and `Set-Cookie` cannot leak; query parameters named like
+//! credentials are redacted (see `redact_query_params`).
+//!
+//! With [`telemetry::init`](crate::telemetry::init) and `format = "json"` a request
+//! produces one line like this (span fields flattened to the top level):
+//!
+//! ```json
+//! {"timestamp":"2026-11-23T12:00:00.123456Z","level":"WARN","target":"palisade::access",
+//!  "message":"request completed","http.response.status_code":429,"duration_ms":0.412,
+//!  "http.response.body.size":97,"rate_limit.outcome":"limited","rate_limit.policy":"per_ip",
+//!  "rejection.layer":"rate_limit","rejection.reason":"limited",
+//!  "request_id":"019ab1c4-3f2e-7d10-8a4b-5c6d7e8f9a0b","http.request.method":"GET",
+//!  "http.route":"/items/{id}","url.path":"/items/7","url.query":"token=[REDACTED]&page=2",
+//!  "url.scheme":"https","client.address":"203.0.113.7","user_agent.original":"curl/8.5.0"}
+//! ```
+//!
+//! Apply it with `Router::layer` (as [`Palisade`](crate::Palisade) does), so that the
+//! route template is known:
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use palisade::request_id::RequestIdLayer;
+//! use palisade::trace::TraceLayer;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let app: Router = Router::new()
+//!     .route("/items/{id}", get(|| async { "item" }))
+//!     .layer(tower::ServiceBuilder::new().layer(RequestIdLayer::new()).layer(TraceLayer::new()));
+//! // With `palisade::telemetry::init(&config.logging)` at start-up, this request
+//! // writes one `request completed` line with `"http.route":"/items/{id}"`.
+//! let req = http::Request::get("/items/7?token=abc").body(axum::body::Body::empty()).unwrap();
+//! let res = app.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # }
+//! ```
+//!
+//! If the filter disables the `INFO` span (say `level = "warn"`), the `WARN` and
+//! `ERROR` lines still name the request: they then carry `request_id`,
+//! `http.request.method` and `url.path` themselves.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum::extract::Request;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
+use bytes::Bytes;
+use http::HeaderValue;
+use http::header::USER_AGENT;
+use http_body::Frame;
 use tower::{Layer, Service};
+use tracing::{Level, Span};
 
+use crate::client_ip::client_info;
 use crate::config::LoggingConfig;
+use crate::config::logging::ClientErrorLevel;
 use crate::error::ConfigError;
+use crate::outcome::{AuthOutcome, CacheOutcome, RateLimitOutcome};
+use crate::problem::Rejection;
+use crate::route_match::RouteMatcher;
 use crate::stack::BuildContext;
 
-/// Layer for `[logging]`.
+/// The `tracing` target of the access-log span and events.
+pub const TARGET: &str = "palisade::access";
+
+/// Longest query parameter name that can be redacted.
+const MAX_PARAM_NAME: usize = 64;
+
+#[derive(Debug)]
+struct Settings {
+    redact: Box<[Box<str>]>,
+    exclude: Option<RouteMatcher>,
+    client_error_level: Level,
+}
+
+/// Layer writing the access log; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct TraceLayer {
-    _private: (),
+    settings: Arc<Settings>,
+}
+
+impl Default for TraceLayer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TraceLayer {
-    /// Builds the layer from its config section; `None` when disabled.
+    /// The defaults of `[logging]`.
+    pub fn new() -> Self {
+        match Self::build(&LoggingConfig::default()) {
+            Ok(layer) => layer,
+            // The default configuration is valid (tested).
+            Err(_) => Self {
+                settings: Arc::new(Settings {
+                    redact: Box::new([]),
+                    exclude: None,
+                    client_error_level: Level::INFO,
+                }),
+            },
+        }
+    }
+
+    /// Builds the layer from `[logging]`; `None` when `access_log = false`.
     pub fn from_config(
-        _config: &LoggingConfig,
+        config: &LoggingConfig,
         _ctx: &BuildContext,
     ) -> Result<Option<Self>, ConfigError> {
-        Ok(None)
+        let layer = Self::build(config)?;
+        Ok(config.access_log.then_some(layer))
+    }
+
+    fn build(config: &LoggingConfig) -> Result<Self, ConfigError> {
+        let mut errors = ConfigError::default();
+        #[cfg(feature = "trace")]
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.level) {
+            errors.push(
+                "logging.level",
+                format!("not a valid filter directive: {e}"),
+            );
+        }
+        let mut redact = Vec::with_capacity(config.redact_query_params.len());
+        for (i, name) in config.redact_query_params.iter().enumerate() {
+            if name.is_empty() || name.len() > MAX_PARAM_NAME {
+                errors.push(
+                    format!("logging.redact_query_params[{i}]"),
+                    format!("must be 1 to {MAX_PARAM_NAME} characters"),
+                );
+            } else {
+                redact.push(name.to_ascii_lowercase().into_boxed_str());
+            }
+        }
+        let exclude = if config.exclude_paths.is_empty() {
+            None
+        } else {
+            errors.collect(RouteMatcher::compile("logging", &config.exclude_paths, &[]))
+        };
+        let client_error_level = match config.client_error_level {
+            ClientErrorLevel::Warn => Level::WARN,
+            _ => Level::INFO,
+        };
+        errors.and_ok(Self {
+            settings: Arc::new(Settings {
+                redact: redact.into_boxed_slice(),
+                exclude,
+                client_error_level,
+            }),
+        })
     }
 }
 
 impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
     fn layer(&self, inner: S) -> Trace<S> {
-        Trace { inner }
+        Trace {
+            inner,
+            settings: self.settings.clone(),
+        }
     }
 }
 
@@ -40,6 +200,7 @@ impl<S> Layer<S> for TraceLayer {
 #[derive(Debug, Clone)]
 pub struct Trace<S> {
     inner: S,
+    settings: Arc<Settings>,
 }
 
 impl<S> Service<Request> for Trace<S>
@@ -48,13 +209,500 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = TraceFuture<S::Future>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        self.inner.call(req)
+        let settings = &*self.settings;
+        if let Some(exclude) = &settings.exclude
+            && exclude.matches_path(req.uri().path())
+        {
+            return TraceFuture {
+                inner: self.inner.call(req),
+                state: None,
+            };
+        }
+        let start = Instant::now();
+        let span = request_span(&req, &settings.redact);
+        let fallback = span.is_disabled().then(|| Box::new(Summary::of(&req)));
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        TraceFuture {
+            inner,
+            state: Some(Finish {
+                span,
+                start,
+                client_error_level: settings.client_error_level,
+                fallback,
+            }),
+        }
+    }
+}
+
+fn request_span(req: &Request, redact: &[Box<str>]) -> Span {
+    let info = client_info(req);
+    let traceparent = req.headers().get("traceparent").and_then(parse_traceparent);
+    tracing::info_span!(
+        target: TARGET,
+        "http.server",
+        request_id = request_id_of(req),
+        trace_id = traceparent.map(|t| t.0),
+        span_id = traceparent.map(|t| t.1),
+        http.request.method = req.method().as_str(),
+        http.route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+        url.path = req.uri().path(),
+        url.query = req.uri().query().map(|q| redact_query(q, redact)).as_deref(),
+        url.scheme = info.scheme.as_str(),
+        client.address = %info.ip,
+        user_agent.original = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()),
+    )
+}
+
+#[cfg(feature = "request-id")]
+fn request_id_of(req: &Request) -> Option<&str> {
+    req.extensions()
+        .get::<crate::request_id::RequestId>()
+        .map(|id| id.as_str())
+}
+
+#[cfg(not(feature = "request-id"))]
+fn request_id_of(_req: &Request) -> Option<&str> {
+    None
+}
+
+/// The request's identity, kept only when the span is disabled by the filter (so a
+/// `WARN`/`ERROR` line still says which request it was).
+#[derive(Debug)]
+struct Summary {
+    method: http::Method,
+    path: http::Uri,
+    request_id: Option<HeaderValue>,
+}
+
+impl Summary {
+    fn of(req: &Request) -> Self {
+        Self {
+            method: req.method().clone(),
+            path: req.uri().path().parse().unwrap_or_default(),
+            request_id: request_id_of(req).and_then(|s| HeaderValue::from_str(s).ok()),
+        }
+    }
+}
+
+/// What the final event needs, carried from the request to the end of the body.
+#[derive(Debug)]
+struct Finish {
+    span: Span,
+    start: Instant,
+    client_error_level: Level,
+    fallback: Option<Box<Summary>>,
+}
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    rate_limit: Option<RateLimitOutcome>,
+    auth: Option<AuthOutcome>,
+    cache: Option<CacheOutcome>,
+    rejection: Option<Rejection>,
+}
+
+impl Outcomes {
+    fn of(res: &Response) -> Self {
+        let ext = res.extensions();
+        Self {
+            rate_limit: ext.get::<RateLimitOutcome>().cloned(),
+            auth: ext.get::<AuthOutcome>().cloned(),
+            cache: ext.get::<CacheOutcome>().copied(),
+            rejection: ext.get::<Rejection>().copied(),
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_micros() as f64) / 1000.0
+}
+
+macro_rules! final_event {
+    ($level:expr, $msg:literal, $finish:expr, $status:expr, $bytes:expr, $out:expr, $error:expr) => {{
+        let finish: &Finish = $finish;
+        let out: Option<&Outcomes> = $out;
+        let fb = finish.fallback.as_deref();
+        let rl = out.and_then(|o| o.rate_limit.as_ref());
+        let auth = out.and_then(|o| o.auth.as_ref());
+        let cache = out.and_then(|o| o.cache.as_ref());
+        let rej = out.and_then(|o| o.rejection.as_ref());
+        tracing::event!(
+            target: TARGET,
+            parent: &finish.span,
+            $level,
+            http.response.status_code = $status,
+            duration_ms = millis(finish.start.elapsed()),
+            http.response.body.size = $bytes,
+            error.type = $error,
+            rate_limit.outcome = rl.map(rate_limit_outcome),
+            rate_limit.policy = rl.map(|r| &*r.policy),
+            auth.scheme = auth.map(|a| a.scheme),
+            auth.outcome = auth.map(|a| a.outcome),
+            auth.identity = auth.and_then(|a| a.identity.as_deref()),
+            cache.status = cache.map(|c| c.status.as_str()),
+            cache.reason = cache.map(|c| c.reason),
+            rejection.layer = rej.map(|r| r.layer),
+            rejection.reason = rej.map(|r| r.reason),
+            request_id = fb.and_then(|f| f.request_id.as_ref()).and_then(|v| v.to_str().ok()),
+            http.request.method = fb.map(|f| f.method.as_str()),
+            url.path = fb.map(|f| f.path.path()),
+            $msg
+        )
+    }};
+}
+
+/// `"limited"`, `"shadow_limited"` or `"allowed"`.
+pub(crate) fn rate_limit_outcome(o: &RateLimitOutcome) -> &'static str {
+    if o.limited {
+        "limited"
+    } else if o.shadow_limited {
+        "shadow_limited"
+    } else {
+        "allowed"
+    }
+}
+
+impl Finish {
+    fn completed(&self, status: u16, bytes: u64, out: &Outcomes) {
+        let level = match status {
+            500.. => Level::ERROR,
+            400..=499 => self.client_error_level,
+            _ => Level::INFO,
+        };
+        let error: Option<&str> = None;
+        let out = Some(out);
+        if level == Level::ERROR {
+            final_event!(
+                Level::ERROR,
+                "request completed",
+                self,
+                status,
+                bytes,
+                out,
+                error
+            );
+        } else if level == Level::WARN {
+            final_event!(
+                Level::WARN,
+                "request completed",
+                self,
+                status,
+                bytes,
+                out,
+                error
+            );
+        } else {
+            final_event!(
+                Level::INFO,
+                "request completed",
+                self,
+                status,
+                bytes,
+                out,
+                error
+            );
+        }
+    }
+
+    fn aborted(&self, status: Option<u16>, bytes: Option<u64>, out: Option<&Outcomes>) {
+        let error = Some("client_disconnected");
+        final_event!(
+            Level::WARN,
+            "request aborted by the client",
+            self,
+            status,
+            bytes,
+            out,
+            error
+        );
+    }
+
+    fn body_failed(&self, status: u16, bytes: u64, out: &Outcomes) {
+        let error = Some("response_body");
+        let out = Some(out);
+        final_event!(
+            Level::ERROR,
+            "response body failed",
+            self,
+            status,
+            bytes,
+            out,
+            error
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Trace`].
+    pub struct TraceFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<Finish>,
+    }
+
+    impl<F> PinnedDrop for TraceFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(finish) = this.project().state.take() {
+                finish.aborted(None, None, None);
+            }
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for TraceFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let polled = {
+            let _entered = this.state.as_ref().map(|s| s.span.enter());
+            this.inner.poll(cx)
+        };
+        let Ok(res) = std::task::ready!(polled);
+        let Some(finish) = this.state.take() else {
+            return Poll::Ready(Ok(res));
+        };
+        let outcomes = Outcomes::of(&res);
+        let status = res.status().as_u16();
+        let (parts, body) = res.into_parts();
+        let body = Body::new(LogBody {
+            inner: body,
+            state: Some(Box::new((finish, outcomes))),
+            status,
+            bytes: 0,
+        });
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+/// The response body, counting bytes and writing the final event at its end.
+struct LogBody {
+    inner: Body,
+    state: Option<Box<(Finish, Outcomes)>>,
+    status: u16,
+    bytes: u64,
+}
+
+impl http_body::Body for LogBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(state) = this.state.take() {
+                    state.0.body_failed(this.status, this.bytes, &state.1);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(state) = this.state.take() {
+                    state.0.completed(this.status, this.bytes, &state.1);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LogBody {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            // hyper stops polling once `is_end_stream` is true (an empty body, or the
+            // last frame sent): that is a completed response, not an abort.
+            if http_body::Body::is_end_stream(&self.inner) {
+                state.0.completed(self.status, self.bytes, &state.1);
+            } else {
+                state
+                    .0
+                    .aborted(Some(self.status), Some(self.bytes), Some(&state.1));
+            }
+        }
+    }
+}
+
+/// Parses a W3C `traceparent` header into `(trace_id, parent span_id)`.
+fn parse_traceparent(value: &HeaderValue) -> Option<(&str, &str)> {
+    let s = value.to_str().ok()?;
+    let b = s.as_bytes();
+    let lower_hex = |r: &[u8]| r.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if b.len() < 55
+        || b[2] != b'-'
+        || b[35] != b'-'
+        || b[52] != b'-'
+        || !lower_hex(&b[..2])
+        || &b[..2] == b"ff"
+        || (&b[..2] == b"00" && b.len() != 55)
+        || (b.len() > 55 && b[55] != b'-')
+        || !lower_hex(&b[53..55])
+    {
+        return None;
+    }
+    let (trace, span) = (&s[3..35], &s[36..52]);
+    let nonzero = |r: &str| r.bytes().any(|c| c != b'0');
+    (lower_hex(trace.as_bytes()) && lower_hex(span.as_bytes()) && nonzero(trace) && nonzero(span))
+        .then_some((trace, span))
+}
+
+/// Replaces the values of the named parameters by `[REDACTED]`; borrows when nothing
+/// needs redacting.
+fn redact_query<'a>(query: &'a str, names: &[Box<str>]) -> Cow<'a, str> {
+    let key = |pair: &'a str| pair.split_once('=').map_or(pair, |(k, _)| k);
+    if names.is_empty() || !query.split('&').any(|p| is_redacted(key(p), names)) {
+        return Cow::Borrowed(query);
+    }
+    let mut out = String::with_capacity(query.len() + 16);
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let k = key(pair);
+        if is_redacted(k, names) {
+            out.push_str(k);
+            out.push_str("=[REDACTED]");
+        } else {
+            out.push_str(pair);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Compares the percent-decoded parameter name, case-insensitively.
+fn is_redacted(raw: &str, names: &[Box<str>]) -> bool {
+    let mut buf = [0u8; MAX_PARAM_NAME];
+    let mut len = 0;
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if len == MAX_PARAM_NAME {
+            return false;
+        }
+        let c = match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        i += 2;
+                        (h * 16 + l) as u8
+                    }
+                    _ => b'%',
+                }
+            }
+            b'+' => b' ',
+            c => c,
+        };
+        buf[len] = c.to_ascii_lowercase();
+        len += 1;
+        i += 1;
+    }
+    let decoded = &buf[..len];
+    names.iter().any(|n| n.as_bytes() == decoded)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<Box<str>> {
+        list.iter().map(|s| (*s).into()).collect()
+    }
+
+    #[test]
+    fn redacts_named_params_only() {
+        let n = names(&["token", "password"]);
+        assert_eq!(redact_query("a=1&b=2", &n), "a=1&b=2");
+        assert!(matches!(redact_query("a=1&b=2", &n), Cow::Borrowed(_)));
+        assert_eq!(
+            redact_query("Token=s3cr3t&page=2&password", &n),
+            "Token=[REDACTED]&page=2&password=[REDACTED]"
+        );
+        assert_eq!(redact_query("%74oken=s3cr3t", &n), "%74oken=[REDACTED]");
+        assert_eq!(redact_query("to%6Ben=x&x=%", &n), "to%6Ben=[REDACTED]&x=%");
+        assert_eq!(redact_query("tok%", &n), "tok%");
+    }
+
+    #[test]
+    fn traceparent() {
+        let ok =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            parse_traceparent(&ok),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736",
+            "",
+        ] {
+            assert_eq!(
+                parse_traceparent(&HeaderValue::from_static(bad)),
+                None,
+                "{bad}"
+            );
+        }
+        let future = HeaderValue::from_static(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        );
+        assert!(parse_traceparent(&future).is_some());
+    }
+
+    #[test]
+    fn default_config_builds_and_validates() {
+        assert!(
+            TraceLayer::from_config(&LoggingConfig::default(), &BuildContext::default())
+                .unwrap()
+                .is_some()
+        );
+        let bad = LoggingConfig {
+            level: "info,[".into(),
+            redact_query_params: vec![String::new()],
+            ..LoggingConfig::default()
+        };
+        let err = TraceLayer::from_config(&bad, &BuildContext::default()).unwrap_err();
+        assert!(err.has_key("logging.level"), "{err}");
+        assert!(err.has_key("logging.redact_query_params[0]"), "{err}");
     }
 }
