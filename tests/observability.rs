@@ -657,7 +657,6 @@ async fn ready_becomes(app: &Router, want: u16, within: std::time::Duration) -> 
 
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the real RedisPool (redis branch); run with --ignored once merged"]
 async fn readiness_follows_a_real_redis() {
     use std::time::Duration;
     let mut redis = support::RedisServer::start_owned();
