@@ -106,6 +106,7 @@ impl JwtVerifier {
     pub(crate) async fn from_config(
         cfg: &JwtConfig,
         ctx: &BuildContext,
+        secret_override: Option<&[u8]>,
     ) -> Result<Self, ConfigError> {
         let mut errors = ConfigError::default();
         let mut algorithms = Vec::new();
@@ -139,8 +140,13 @@ impl JwtVerifier {
 
         // HMAC secret.
         let hmac_algs = in_family(AlgorithmFamily::Hmac);
-        match &cfg.secret_env {
-            Some(var) => match std::env::var(var) {
+        let secret_from_env = match (secret_override, &cfg.secret_env) {
+            (Some(s), _) => Some(Ok(s.to_vec())),
+            (None, Some(var)) => Some(std::env::var(var).map(String::into_bytes).map_err(|_| var)),
+            (None, None) => None,
+        };
+        match secret_from_env {
+            Some(secret) => match secret {
                 Ok(secret) if secret.len() >= 32 => {
                     if hmac_algs.is_empty() {
                         errors.push(
@@ -149,16 +155,16 @@ impl JwtVerifier {
                         );
                     }
                     static_keys.push(PinnedKey {
-                        key: DecodingKey::from_secret(secret.as_bytes()),
+                        key: DecodingKey::from_secret(&secret),
                         algorithms: hmac_algs.clone(),
                     });
                     covered.push(AlgorithmFamily::Hmac);
                 }
                 Ok(_) => errors.push(
                     "auth.jwt.secret_env",
-                    format!("the secret in ${var} is shorter than 32 bytes"),
+                    "the HMAC secret is shorter than 32 bytes",
                 ),
-                Err(_) => errors.push(
+                Err(var) => errors.push(
                     "auth.jwt.secret_env",
                     format!("environment variable ${var} is not set (or not UTF-8)"),
                 ),

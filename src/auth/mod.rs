@@ -270,6 +270,8 @@ pub struct AuthBuilder {
     store: Option<Arc<dyn ApiKeyStore>>,
     clock: Option<Clock>,
     shutdown: Option<Shutdown>,
+    #[cfg(feature = "jwt")]
+    jwt_secret: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for AuthBuilder {
@@ -348,6 +350,14 @@ impl AuthBuilder {
     #[cfg(feature = "jwt")]
     pub fn jwt(mut self, jwt: crate::config::auth::JwtConfig) -> Self {
         self.config.jwt = Some(jwt);
+        self
+    }
+
+    /// Gives the JWT HMAC secret directly (for secrets from a vault), instead of
+    /// `[auth.jwt] secret_env`.
+    #[cfg(feature = "jwt")]
+    pub fn jwt_hmac_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.jwt_secret = Some(secret.into());
         self
     }
 
@@ -496,13 +506,17 @@ impl AuthBuilder {
                     ..BuildContext::default()
                 };
                 if errors.is_empty() {
-                    errors.collect(jwt::JwtVerifier::from_config(j, &ctx).await)
+                    errors.collect(
+                        jwt::JwtVerifier::from_config(j, &ctx, self.jwt_secret.as_deref()).await,
+                    )
                 } else {
                     // Still report the JWT section's own problems, without fetching.
                     let mut copy = j.clone();
                     copy.jwks_url = None;
                     copy.discovery = false;
-                    if let Err(e) = jwt::JwtVerifier::from_config(&copy, &ctx).await {
+                    if let Err(e) =
+                        jwt::JwtVerifier::from_config(&copy, &ctx, self.jwt_secret.as_deref()).await
+                    {
                         for p in e.problems() {
                             if !p.message.contains("no configured key can verify") {
                                 errors.push(p.key.clone(), p.message.clone());
