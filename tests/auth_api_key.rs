@@ -11,9 +11,7 @@ use axum::body::Body;
 use axum::routing::get;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use palisade::auth::{
-    ApiKeyRecord, ApiKeyStore, ApiKeyStoreError, AuthLayer, KeyDigest, Require,
-};
+use palisade::auth::{ApiKeyRecord, ApiKeyStore, ApiKeyStoreError, AuthLayer, KeyDigest, Require};
 use palisade::outcome::AuthOutcome;
 use palisade::problem::Rejection;
 use palisade::stack::BuildContext;
@@ -68,7 +66,10 @@ require = "api_key"
 }
 
 async fn who(identity: Option<Identity>) -> String {
-    identity.map_or_else(|| "anonymous".to_owned(), |i| format!("{}:{}", i.kind.as_str(), i.id))
+    identity.map_or_else(
+        || "anonymous".to_owned(),
+        |i| format!("{}:{}", i.kind.as_str(), i.id),
+    )
 }
 
 async fn app() -> Router {
@@ -115,7 +116,8 @@ async fn send(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Reply {
         .map(|v| v.to_str().unwrap().to_owned());
     let outcome = res.extensions().get::<AuthOutcome>().cloned();
     let rejection = res.extensions().get::<Rejection>().copied();
-    let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let body =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     Reply {
         status,
         www,
@@ -133,7 +135,10 @@ async fn valid_key_reaches_the_handler_with_its_identity() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, "api_key:admin");
     let o = r.outcome.unwrap();
-    assert_eq!((o.scheme, o.identity.as_deref(), o.outcome), ("api_key", Some("admin"), "ok"));
+    assert_eq!(
+        (o.scheme, o.identity.as_deref(), o.outcome),
+        ("api_key", Some("admin"), "ok")
+    );
 
     // Authorization: Bearer works as well (case-insensitive scheme).
     let auth = format!("bearer {ADMIN_KEY}");
@@ -143,7 +148,12 @@ async fn valid_key_reaches_the_handler_with_its_identity() {
 
     // The same key in both places is one credential.
     let auth = format!("Bearer {ADMIN_KEY}");
-    let r = send(&app, "/admin/stats", &[("x-api-key", ADMIN_KEY), ("authorization", &auth)]).await;
+    let r = send(
+        &app,
+        "/admin/stats",
+        &[("x-api-key", ADMIN_KEY), ("authorization", &auth)],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -172,10 +182,18 @@ async fn wrong_unknown_and_expired_keys_are_401_invalid_token() {
     ] {
         let r = send(&app, "/admin/stats", &[("x-api-key", key)]).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{key}");
-        assert_eq!(r.www, ["ApiKey realm=\"api\", error=\"invalid_token\""], "{key}");
+        assert_eq!(
+            r.www,
+            ["ApiKey realm=\"api\", error=\"invalid_token\""],
+            "{key}"
+        );
         assert_eq!(r.outcome.unwrap().outcome, outcome);
         // The body is the same generic text for every case.
-        assert!(r.body.contains("the credentials are not valid"), "{}", r.body);
+        assert!(
+            r.body.contains("the credentials are not valid"),
+            "{}",
+            r.body
+        );
         assert!(!r.body.contains(key));
         // Through Authorization: Bearer the challenge uses the Bearer scheme.
         let auth = format!("Bearer {key}");
@@ -196,10 +214,16 @@ async fn valid_key_without_the_scope_is_403() {
     );
     assert_eq!(r.rejection.unwrap().reason, "insufficient_scope");
     let o = r.outcome.unwrap();
-    assert_eq!((o.identity.as_deref(), o.outcome), (Some("reader"), "forbidden"));
+    assert_eq!(
+        (o.identity.as_deref(), o.outcome),
+        (Some("reader"), "forbidden")
+    );
     // The same key is fine where no scope is needed.
     let r = send(&app, "/items/1", &[("x-api-key", READER_KEY)]).await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "api_key:reader"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "api_key:reader")
+    );
 }
 
 #[tokio::test]
@@ -220,12 +244,22 @@ async fn key_in_the_url_is_ignored() {
 async fn a_key_and_a_different_bearer_token_is_400() {
     let app = app().await;
     let auth = format!("Bearer {READER_KEY}");
-    let r = send(&app, "/admin/stats", &[("x-api-key", ADMIN_KEY), ("authorization", &auth)]).await;
+    let r = send(
+        &app,
+        "/admin/stats",
+        &[("x-api-key", ADMIN_KEY), ("authorization", &auth)],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.www, ["Bearer realm=\"api\", error=\"invalid_request\""]);
     assert_eq!(r.rejection.unwrap().reason, "invalid_request");
     // Two key headers are malformed too.
-    let r = send(&app, "/admin/stats", &[("x-api-key", ADMIN_KEY), ("x-api-key", ADMIN_KEY)]).await;
+    let r = send(
+        &app,
+        "/admin/stats",
+        &[("x-api-key", ADMIN_KEY), ("x-api-key", ADMIN_KEY)],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.www, ["ApiKey realm=\"api\", error=\"invalid_request\""]);
 }
@@ -237,7 +271,10 @@ async fn public_routes_are_anonymous_but_an_invalid_key_is_still_401() {
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "anonymous"));
     assert_eq!(r.outcome.unwrap().outcome, "anonymous");
     let r = send(&app, "/hello", &[("x-api-key", READER_KEY)]).await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "api_key:reader"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "api_key:reader")
+    );
     let r = send(&app, "/hello", &[("x-api-key", "pk_bogus_1234567890")]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.www, ["ApiKey realm=\"api\", error=\"invalid_token\""]);
@@ -285,9 +322,15 @@ async fn no_key_appears_in_logs_outcomes_or_debug_output() {
     assert!(logs.contains("built"), "the capture works: {logs}");
     for secret in [ADMIN_KEY, READER_KEY, OLD_KEY, "pk_unknown_secret_value_42"] {
         assert!(!logs.contains(secret), "{secret} leaked into logs");
-        assert!(!logs.contains(&sha(secret)), "digest of {secret} leaked into logs");
+        assert!(
+            !logs.contains(&sha(secret)),
+            "digest of {secret} leaked into logs"
+        );
         for s in &seen {
-            assert!(!s.contains(secret), "{secret} leaked into a response record");
+            assert!(
+                !s.contains(secret),
+                "{secret} leaked into a response record"
+            );
         }
     }
 }
@@ -367,7 +410,10 @@ async fn a_custom_store_is_used_and_its_failure_is_503() {
         .unwrap();
     let app = Router::new().route("/admin/stats", get(who)).layer(layer);
     let r = send(&app, "/admin/stats", &[("x-api-key", "db-key")]).await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "api_key:from-db"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "api_key:from-db")
+    );
     let r = send(&app, "/admin/stats", &[("x-api-key", "nope")]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = send(&app, "/admin/stats", &[("x-api-key", "db-down")]).await;
@@ -384,7 +430,10 @@ async fn the_whole_stack_wires_auth_from_config() {
     let r = send(&app, "/admin/stats", &[]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let r = send(&app, "/admin/stats", &[("x-api-key", ADMIN_KEY)]).await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "api_key:admin"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "api_key:admin")
+    );
 }
 
 /// Wrong-key and unknown-key rejections take the same time.
@@ -405,17 +454,27 @@ async fn the_whole_stack_wires_auth_from_config() {
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "statistical timing test; run on a quiet machine (see doc comment)"]
 async fn timing_wrong_and_unknown_keys_cost_the_same() {
-    let mut b = AuthLayer::builder().rule(["/k"], [] as [&str; 0], Require::ApiKey, [] as [&str; 0]);
+    let mut b =
+        AuthLayer::builder().rule(["/k"], [] as [&str; 0], Require::ApiKey, [] as [&str; 0]);
     for i in 0..64 {
-        b = b.api_key(format!("k{i}"), sha(&format!("pk_live_{i:040}")), [] as [&str; 0]);
+        b = b.api_key(
+            format!("k{i}"),
+            sha(&format!("pk_live_{i:040}")),
+            [] as [&str; 0],
+        );
     }
-    let app = Router::new().route("/k", get(who)).layer(b.build().await.unwrap());
+    let app = Router::new()
+        .route("/k", get(who))
+        .layer(b.build().await.unwrap());
     let wrong = format!("pk_live_{:039}X", 63);
     let unknown = "zz_none_0000000000000000000000000000000000000".to_owned();
     let (mut tw, mut tu) = (Vec::new(), Vec::new());
     for i in 0..20_000 {
         let key = if i % 2 == 0 { &wrong } else { &unknown };
-        let req = Request::get("/k").header("x-api-key", key).body(Body::empty()).unwrap();
+        let req = Request::get("/k")
+            .header("x-api-key", key)
+            .body(Body::empty())
+            .unwrap();
         let t = std::time::Instant::now();
         let res = app.clone().oneshot(req).await.unwrap();
         let dt = t.elapsed().as_nanos() as f64;
@@ -425,9 +484,15 @@ async fn timing_wrong_and_unknown_keys_cost_the_same() {
     tw.sort_by(f64::total_cmp);
     tu.sort_by(f64::total_cmp);
     for q in [0.1, 0.5] {
-        let (a, b) = (tw[(tw.len() as f64 * q) as usize], tu[(tu.len() as f64 * q) as usize]);
+        let (a, b) = (
+            tw[(tw.len() as f64 * q) as usize],
+            tu[(tu.len() as f64 * q) as usize],
+        );
         let rel = (a - b).abs() / a.min(b);
-        println!("q{q}: wrong {a:.0} ns, unknown {b:.0} ns, difference {:.1} %", rel * 100.0);
+        println!(
+            "q{q}: wrong {a:.0} ns, unknown {b:.0} ns, difference {:.1} %",
+            rel * 100.0
+        );
         assert!(rel < 0.15, "q{q}: wrong {a} ns vs unknown {b} ns");
     }
 }

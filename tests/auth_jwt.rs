@@ -169,7 +169,11 @@ async fn assert_invalid(app: &Router, token: &str, what: &str) {
     let r = get_with(app, "/me", Some(token)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}: {}", r.body);
     assert_eq!(r.www, [INVALID], "{what}");
-    assert!(r.body.contains("the credentials are not valid"), "{what}: {}", r.body);
+    assert!(
+        r.body.contains("the credentials are not valid"),
+        "{what}: {}",
+        r.body
+    );
 }
 
 #[tokio::test]
@@ -178,7 +182,10 @@ async fn a_valid_token_reaches_the_handler() {
     let r = get_with(&app, "/me", Some(&rs256(&claims(), None, 1))).await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "user-1"));
     let o = r.outcome.unwrap();
-    assert_eq!((o.scheme, o.identity.as_deref(), o.outcome), ("jwt", Some("user-1"), "ok"));
+    assert_eq!(
+        (o.scheme, o.identity.as_deref(), o.outcome),
+        ("jwt", Some("user-1"), "ok")
+    );
 }
 
 #[tokio::test]
@@ -196,12 +203,32 @@ async fn missing_token_is_a_bare_challenge_and_the_query_string_is_ignored() {
 async fn alg_none_and_algorithm_confusion_are_refused() {
     let app = pem_app().await;
     let c = claims();
-    assert_invalid(&app, &raw_token(&json!({"alg": "none", "typ": "JWT"}), &c, b""), "alg none, empty signature").await;
-    assert_invalid(&app, &raw_token(&json!({"alg": "none"}), &c, b"sig"), "alg none with a signature").await;
-    assert_invalid(&app, &raw_token(&json!({"alg": "None"}), &c, b"sig"), "alg None").await;
+    assert_invalid(
+        &app,
+        &raw_token(&json!({"alg": "none", "typ": "JWT"}), &c, b""),
+        "alg none, empty signature",
+    )
+    .await;
+    assert_invalid(
+        &app,
+        &raw_token(&json!({"alg": "none"}), &c, b"sig"),
+        "alg none with a signature",
+    )
+    .await;
+    assert_invalid(
+        &app,
+        &raw_token(&json!({"alg": "None"}), &c, b"sig"),
+        "alg None",
+    )
+    .await;
     // HS256 keyed with the server's RSA public key (PEM and DER-ish bytes).
     for secret in [read("rsa1.pub.pem"), read("rsa1.pub.pem")[27..].to_vec()] {
-        let t = encode(&Header::new(Algorithm::HS256), &c, &EncodingKey::from_secret(&secret)).unwrap();
+        let t = encode(
+            &Header::new(Algorithm::HS256),
+            &c,
+            &EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
         assert_invalid(&app, &t, "HS256 with the RSA public key").await;
     }
     // Right key, algorithm outside the pinned list.
@@ -216,7 +243,11 @@ async fn alg_none_and_algorithm_confusion_are_refused() {
     assert_invalid(&app, &rs256(&c, None, 2), "foreign RSA key").await;
     // An unknown critical header extension.
     let h = json!({"alg": "RS256", "crit": ["exp-ext"], "exp-ext": 1});
-    let msg = format!("{}.{}", URL_SAFE_NO_PAD.encode(h.to_string()), URL_SAFE_NO_PAD.encode(c.to_string()));
+    let msg = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(h.to_string()),
+        URL_SAFE_NO_PAD.encode(c.to_string())
+    );
     let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &rsa(1), Algorithm::RS256).unwrap();
     assert_invalid(&app, &format!("{msg}.{sig}"), "crit").await;
 }
@@ -231,12 +262,32 @@ async fn tampered_truncated_and_five_segment_tokens_are_refused() {
     assert_invalid(&app, &tampered, "payload swapped").await;
     assert_invalid(&app, &good[..good.len() - 10], "truncated signature").await;
     assert_invalid(&app, &format!("{}.{}", parts[0], parts[1]), "two segments").await;
-    assert_invalid(&app, &format!("{good}.AAAA.BBBB"), "five segments (JWE-shaped)").await;
-    assert_invalid(&app, &format!("{}.{}.{}=", parts[0], parts[1], parts[2]), "padded signature").await;
-    assert_invalid(&app, &format!("{}..{}", parts[0], parts[2]), "empty payload").await;
+    assert_invalid(
+        &app,
+        &format!("{good}.AAAA.BBBB"),
+        "five segments (JWE-shaped)",
+    )
+    .await;
+    assert_invalid(
+        &app,
+        &format!("{}.{}.{}=", parts[0], parts[1], parts[2]),
+        "padded signature",
+    )
+    .await;
+    assert_invalid(
+        &app,
+        &format!("{}..{}", parts[0], parts[2]),
+        "empty payload",
+    )
+    .await;
     let mut flipped = parts[2].as_bytes().to_vec();
     flipped[5] = if flipped[5] == b'A' { b'B' } else { b'A' };
-    let flipped = format!("{}.{}.{}", parts[0], parts[1], String::from_utf8(flipped).unwrap());
+    let flipped = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        String::from_utf8(flipped).unwrap()
+    );
     assert_invalid(&app, &flipped, "one signature character changed").await;
 }
 
@@ -250,7 +301,11 @@ async fn expiry_and_not_before_around_the_leeway() {
         (json!({"exp": t - 60}), false, "expired beyond the leeway"),
         (json!({"exp": t - 10}), true, "expired within the leeway"),
         (json!({"exp": null}), false, "no exp"),
-        (json!({"exp": (t + 600).to_string()}), false, "exp as a string"),
+        (
+            json!({"exp": (t + 600).to_string()}),
+            false,
+            "exp as a string",
+        ),
         (json!({"nbf": t + 3600}), false, "not valid for an hour"),
         (json!({"nbf": t + 60}), false, "nbf beyond the leeway"),
         (json!({"nbf": t + 10}), true, "nbf within the leeway"),
@@ -277,13 +332,19 @@ async fn issuer_and_audience() {
         (json!({"iss": "https://evil.test"}), "wrong iss"),
         (json!({"iss": null}), "missing iss"),
         (json!({"aud": "other"}), "wrong aud"),
-        (json!({"aud": ["other", "another"]}), "aud list without ours"),
+        (
+            json!({"aud": ["other", "another"]}),
+            "aud list without ours",
+        ),
         (json!({"aud": null}), "missing aud"),
     ] {
         assert_invalid(&app, &rs256(&with(claims(), patch), None, 1), what).await;
     }
     let ok = rs256(&with(claims(), json!({"aud": ["other", "api"]})), None, 1);
-    assert_eq!(get_with(&app, "/me", Some(&ok)).await.status, StatusCode::OK);
+    assert_eq!(
+        get_with(&app, "/me", Some(&ok)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -292,7 +353,10 @@ async fn a_token_with_aud_is_refused_when_no_audience_is_configured() {
     let key = EncodingKey::from_secret(HS_SECRET.as_bytes());
     let sign = |c: &Value| encode(&Header::new(Algorithm::HS256), c, &key).unwrap();
     let no_aud = with(claims(), json!({"aud": null}));
-    assert_eq!(get_with(&app, "/me", Some(&sign(&no_aud))).await.status, StatusCode::OK);
+    assert_eq!(
+        get_with(&app, "/me", Some(&sign(&no_aud))).await.status,
+        StatusCode::OK
+    );
     assert_invalid(&app, &sign(&claims()), "aud without configured audience").await;
 }
 
@@ -309,9 +373,21 @@ async fn scopes_and_optional_routes() {
     let app = pem_app().await;
     let r = get_with(&app, "/admin", Some(&rs256(&claims(), None, 1))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(r.www, ["Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"admin\""]);
-    for patch in [json!({"scope": "read admin"}), json!({"scope": null, "scp": ["admin"]}), json!({"scope": null, "permissions": ["admin"]})] {
-        let r = get_with(&app, "/admin", Some(&rs256(&with(claims(), patch.clone()), None, 1))).await;
+    assert_eq!(
+        r.www,
+        ["Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"admin\""]
+    );
+    for patch in [
+        json!({"scope": "read admin"}),
+        json!({"scope": null, "scp": ["admin"]}),
+        json!({"scope": null, "permissions": ["admin"]}),
+    ] {
+        let r = get_with(
+            &app,
+            "/admin",
+            Some(&rs256(&with(claims(), patch.clone()), None, 1)),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK, "{patch}");
     }
     // Optional route: nothing → anonymous; valid → claims; invalid → 401, never anonymous.
@@ -326,7 +402,8 @@ async fn scopes_and_optional_routes() {
 /// An HS256 layer; the secret is given through the builder (tests cannot set
 /// environment variables: `unsafe` is forbidden crate-wide).
 async fn hs256_layer() -> AuthLayer {
-    let cfg = Config::from_toml_str(&format!("[auth.jwt]\nalgorithms = [\"HS256\"]\n{RULES}")).unwrap();
+    let cfg =
+        Config::from_toml_str(&format!("[auth.jwt]\nalgorithms = [\"HS256\"]\n{RULES}")).unwrap();
     AuthLayer::builder()
         .config(cfg.auth)
         .jwt_hmac_secret(HS_SECRET)
@@ -350,8 +427,16 @@ async fn the_hmac_secret_is_read_from_the_named_environment_variable() {
             .unwrap(),
     );
     let key = EncodingKey::from_secret(secret.as_bytes());
-    let token = encode(&Header::new(Algorithm::HS256), &with(claims(), json!({"aud": null})), &key).unwrap();
-    assert_eq!(get_with(&app, "/me", Some(&token)).await.status, StatusCode::OK);
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &with(claims(), json!({"aud": null})),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(
+        get_with(&app, "/me", Some(&token)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -470,7 +555,11 @@ async fn jwks_keys_verify_and_jku_x5u_jwk_are_never_fetched() {
         json!({"alg": "RS256", "kid": "k1", "x5u": attacker}),
         json!({"alg": "RS256", "kid": "k1", "jwk": jwk2}),
     ] {
-        let msg = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(c.to_string()));
+        let msg = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(c.to_string())
+        );
         let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &rsa(2), Algorithm::RS256).unwrap();
         assert_invalid(&app, &format!("{msg}.{sig}"), "header-supplied key").await;
     }
@@ -490,7 +579,9 @@ async fn a_hundred_random_kids_cause_at_most_one_fetch() {
     for i in 0..100 {
         let app = app.clone();
         let token = rs256(&c, Some(&format!("random-{i}-{}", now())), 2);
-        tasks.push(tokio::spawn(async move { get_with(&app, "/me", Some(&token)).await }));
+        tasks.push(tokio::spawn(async move {
+            get_with(&app, "/me", Some(&token)).await
+        }));
     }
     for t in tasks {
         let r = t.await.unwrap();
@@ -507,12 +598,19 @@ async fn key_rotation_through_the_jwks() {
     let (app, _) = jwks_app(&base, "jwks_cooldown_s = 1").await;
     let old = rs256(&claims(), Some("k1"), 1);
     let new = rs256(&claims(), Some("k2"), 2);
-    assert_eq!(get_with(&app, "/me", Some(&old)).await.status, StatusCode::OK);
+    assert_eq!(
+        get_with(&app, "/me", Some(&old)).await.status,
+        StatusCode::OK
+    );
     // The identity provider rotates: k2 in, k1 out.
     idp.serve(&[(2, "k2")]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = get_with(&app, "/me", Some(&new)).await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "user-1"), "new kid fetched");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "user-1"),
+        "new kid fetched"
+    );
     assert_eq!(idp.hits(), 2);
     assert_invalid(&app, &old, "retired key").await;
 }
@@ -525,7 +623,12 @@ async fn cached_keys_keep_working_while_the_jwks_endpoint_is_down() {
     idp.down.store(true, Ordering::SeqCst);
     // Background refreshes fail meanwhile; an unknown kid forces one more fetch.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_invalid(&app, &rs256(&claims(), Some("k9"), 2), "unknown kid while down").await;
+    assert_invalid(
+        &app,
+        &rs256(&claims(), Some("k9"), 2),
+        "unknown kid while down",
+    )
+    .await;
     assert!(idp.hits() >= 2, "the endpoint was retried");
     let r = get_with(&app, "/me", Some(&token)).await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "user-1"));
@@ -580,7 +683,12 @@ async fn no_token_or_secret_appears_in_logs() {
     tracing::info!(layer = ?layer, "built");
     let app = router(layer);
     let key = EncodingKey::from_secret(HS_SECRET.as_bytes());
-    let good = encode(&Header::new(Algorithm::HS256), &with(claims(), json!({"aud": null})), &key).unwrap();
+    let good = encode(
+        &Header::new(Algorithm::HS256),
+        &with(claims(), json!({"aud": null})),
+        &key,
+    )
+    .unwrap();
     let bad = encode(&Header::new(Algorithm::HS256), &claims(), &key).unwrap();
     let mut records = Vec::new();
     for t in [&good, &bad] {

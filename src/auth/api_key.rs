@@ -266,7 +266,20 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
         }
     };
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if !(1..=12).contains(&mo) || d < 1 || d > month_days[(mo - 1) as usize] {
         return None;
     }
@@ -298,7 +311,10 @@ pub(crate) fn static_store_from_config(
         if k.id.trim().is_empty() {
             errors.push(format!("{key}.id"), "every API key needs a non-empty id");
         } else if !seen_ids.insert(k.id.clone()) {
-            errors.push(format!("{key}.id"), format!("duplicate API key id {:?}", k.id));
+            errors.push(
+                format!("{key}.id"),
+                format!("duplicate API key id {:?}", k.id),
+            );
         }
         let digest = KeyDigest::from_hex(&k.sha256);
         if digest.is_none() {
@@ -310,7 +326,10 @@ pub(crate) fn static_store_from_config(
         if let Some(d) = digest
             && !seen_digests.insert(d)
         {
-            errors.push(format!("{key}.sha256"), "the same key digest is listed twice");
+            errors.push(
+                format!("{key}.sha256"),
+                "the same key digest is listed twice",
+            );
         }
         let expires_at = match &k.expires_at {
             None => None,
@@ -326,7 +345,10 @@ pub(crate) fn static_store_from_config(
             },
         };
         for (j, s) in k.scopes.iter().enumerate() {
-            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+            {
                 errors.push(
                     format!("{key}.scopes[{j}]"),
                     "scopes are non-empty and contain no white space, quotes or backslashes",
@@ -348,6 +370,7 @@ pub(crate) fn static_store_from_config(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -390,7 +413,10 @@ mod tests {
         let hasher = KeyHasher::sha256();
         let mut store = StaticKeyStore::new();
         for i in 0..5 {
-            store.insert(hasher.digest(format!("key-{i}").as_bytes()), record(&format!("k{i}")));
+            store.insert(
+                hasher.digest(format!("key-{i}").as_bytes()),
+                record(&format!("k{i}")),
+            );
         }
         let first = store.scan(&hasher.digest(b"key-0"));
         let last = store.scan(&hasher.digest(b"key-4"));
@@ -399,20 +425,57 @@ mod tests {
         let mut near = hasher.digest(b"key-2");
         near.0[31] ^= 1;
         let wrong = store.scan(&near);
-        assert_eq!(first, Scan { index: Some(0), comparisons: 5 });
-        assert_eq!(last, Scan { index: Some(4), comparisons: 5 });
-        assert_eq!(unknown, Scan { index: None, comparisons: 5 });
-        assert_eq!(wrong, Scan { index: None, comparisons: 5 });
+        assert_eq!(
+            first,
+            Scan {
+                index: Some(0),
+                comparisons: 5
+            }
+        );
+        assert_eq!(
+            last,
+            Scan {
+                index: Some(4),
+                comparisons: 5
+            }
+        );
+        assert_eq!(
+            unknown,
+            Scan {
+                index: None,
+                comparisons: 5
+            }
+        );
+        assert_eq!(
+            wrong,
+            Scan {
+                index: None,
+                comparisons: 5
+            }
+        );
     }
 
     #[test]
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2027-01-31T00:00:00Z"), Some(1_801_353_600));
-        assert_eq!(parse_rfc3339("2027-01-31T02:00:00+02:00"), Some(1_801_353_600));
-        assert_eq!(parse_rfc3339("2027-01-31T00:00:00.123Z"), Some(1_801_353_600));
+        assert_eq!(
+            parse_rfc3339("2027-01-31T02:00:00+02:00"),
+            Some(1_801_353_600)
+        );
+        assert_eq!(
+            parse_rfc3339("2027-01-31T00:00:00.123Z"),
+            Some(1_801_353_600)
+        );
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Some(1_709_164_800));
-        for bad in ["2023-02-29T00:00:00Z", "2027-13-01T00:00:00Z", "2027-01-31", "tomorrow", "2027-01-31T00:00:00", "2027-01-31T00:00:00+2:00"] {
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2027-13-01T00:00:00Z",
+            "2027-01-31",
+            "tomorrow",
+            "2027-01-31T00:00:00",
+            "2027-01-31T00:00:00+2:00",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -421,7 +484,11 @@ mod tests {
     fn config_problems_are_all_reported() {
         use crate::config::auth::ApiKeyConfig;
         let keys = vec![
-            ApiKeyConfig { id: "a".into(), sha256: "zz".into(), ..Default::default() },
+            ApiKeyConfig {
+                id: "a".into(),
+                sha256: "zz".into(),
+                ..Default::default()
+            },
             ApiKeyConfig {
                 id: "a".into(),
                 sha256: "00".repeat(32),

@@ -9,9 +9,9 @@
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http::StatusCode;
 use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use http::request::Parts;
-use http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::identity::Identity;

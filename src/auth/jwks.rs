@@ -137,7 +137,10 @@ fn check_url(url: &Url) -> Result<(), String> {
 }
 
 impl Jwks {
-    pub(crate) fn from_config(cfg: &JwtConfig, algorithms: Vec<Algorithm>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(
+        cfg: &JwtConfig,
+        algorithms: Vec<Algorithm>,
+    ) -> Result<Self, ConfigError> {
         let mut errors = ConfigError::default();
         let source = match (&cfg.jwks_url, &cfg.issuer) {
             (Some(u), _) => match Url::parse(u) {
@@ -162,7 +165,10 @@ impl Jwks {
                     })
                 }
                 Err(e) => {
-                    errors.push("auth.jwt.issuer", format!("discovery needs an issuer URL: {e}"));
+                    errors.push(
+                        "auth.jwt.issuer",
+                        format!("discovery needs an issuer URL: {e}"),
+                    );
                     None
                 }
             },
@@ -228,7 +234,10 @@ impl Jwks {
                 .last_attempt
                 .is_some_and(|t| now.duration_since(t) < self.cooldown);
             if !cooling {
-                tracing::debug!(kid_len = kid_str.len(), "unknown JWT kid: refreshing the JWKS");
+                tracing::debug!(
+                    kid_len = kid_str.len(),
+                    "unknown JWT kid: refreshing the JWKS"
+                );
                 st.last_attempt = Some(now);
                 self.fetch_locked(&mut st).await;
             }
@@ -351,7 +360,10 @@ impl Jwks {
                 continue;
             }
             // Symmetric keys are never taken from the network.
-            if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) {
+            if matches!(
+                jwk.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+            ) {
                 continue;
             }
             let Ok(key) = DecodingKey::from_jwk(&jwk) else {
@@ -373,13 +385,14 @@ impl Jwks {
             }
             let pinned = Arc::new(PinnedKey { key, algorithms });
             match jwk.common.key_id {
-                Some(kid) => {
-                    if out.by_kid.contains_key(&kid) {
-                        duplicates.push(kid);
-                    } else {
-                        out.by_kid.insert(kid, pinned);
+                Some(kid) => match out.by_kid.entry(kid) {
+                    std::collections::hash_map::Entry::Occupied(e) => {
+                        duplicates.push(e.key().clone());
                     }
-                }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(pinned);
+                    }
+                },
                 None => out.without_kid.push(pinned),
             }
         }
@@ -388,7 +401,9 @@ impl Jwks {
             out.by_kid.remove(&kid);
         }
         if out.len() == 0 {
-            return Err("the JWKS holds no usable signing key for the configured algorithms".into());
+            return Err(
+                "the JWKS holds no usable signing key for the configured algorithms".into(),
+            );
         }
         Ok(out)
     }
@@ -435,6 +450,7 @@ fn build_client(timeout: Duration) -> Result<reqwest::Client, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -332,7 +332,11 @@ impl JwtVerifier {
         let alg = Algorithm::from_str(&header.alg).map_err(|_| JwtError::Invalid("algorithm"))?;
 
         let jwks_key;
-        let key: &PinnedKey = match self.static_keys.iter().find(|k| k.algorithms.contains(&alg)) {
+        let key: &PinnedKey = match self
+            .static_keys
+            .iter()
+            .find(|k| k.algorithms.contains(&alg))
+        {
             Some(k) => k,
             None => match &self.jwks {
                 Some(jwks) if self.jwks_algorithms.contains(&alg) => {
@@ -537,7 +541,15 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
         use serde::de::Error;
         const NAMES: [&str; 9] = [
-            "exp", "nbf", "iss", "aud", "sub", "client_id", "scope", "scp", "permissions",
+            "exp",
+            "nbf",
+            "iss",
+            "aud",
+            "sub",
+            "client_id",
+            "scope",
+            "scp",
+            "permissions",
         ];
         let mut out = Parsed::default();
         let mut seen = 0u16;
@@ -606,6 +618,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header, encode};
@@ -651,12 +664,22 @@ mod tests {
     #[tokio::test]
     async fn exp_and_nbf_exactly_at_the_leeway() {
         let v = verifier(&[], None, &[]);
-        assert!(check(&v, json!({"sub": "a", "exp": NOW - 30})).await.is_ok());
+        assert!(
+            check(&v, json!({"sub": "a", "exp": NOW - 30}))
+                .await
+                .is_ok()
+        );
         assert_eq!(
-            check(&v, json!({"sub": "a", "exp": NOW - 31})).await.unwrap_err(),
+            check(&v, json!({"sub": "a", "exp": NOW - 31}))
+                .await
+                .unwrap_err(),
             JwtError::Expired
         );
-        assert!(check(&v, json!({"sub": "a", "exp": NOW + 60, "nbf": NOW + 30})).await.is_ok());
+        assert!(
+            check(&v, json!({"sub": "a", "exp": NOW + 60, "nbf": NOW + 30}))
+                .await
+                .is_ok()
+        );
         assert_eq!(
             check(&v, json!({"sub": "a", "exp": NOW + 60, "nbf": NOW + 31}))
                 .await
@@ -679,26 +702,50 @@ mod tests {
             assert!(check(&v, claims.clone()).await.is_err(), "{claims}");
         }
         // A fractional NumericDate is valid (RFC 7519 §2).
-        assert!(check(&v, json!({"sub": "a", "exp": (NOW + 60) as f64 + 0.5})).await.is_ok());
+        assert!(
+            check(&v, json!({"sub": "a", "exp": (NOW + 60) as f64 + 0.5}))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]
     async fn audience_issuer_and_required_claims() {
         let v = verifier(&[], None, &[]);
         assert_eq!(
-            check(&v, json!({"sub": "a", "exp": NOW + 60, "aud": "x"})).await.unwrap_err(),
+            check(&v, json!({"sub": "a", "exp": NOW + 60, "aud": "x"}))
+                .await
+                .unwrap_err(),
             JwtError::Invalid("audience")
         );
         let v = verifier(&["api"], Some("https://idp"), &["tenant"]);
         let ok = json!({"sub": "a", "exp": NOW + 60, "aud": ["other", "api"], "iss": "https://idp", "tenant": "t"});
         assert!(check(&v, ok).await.is_ok());
         for (claims, why) in [
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "nope", "iss": "https://idp", "tenant": "t"}), "audience"),
-            (json!({"sub": "a", "exp": NOW + 60, "iss": "https://idp", "tenant": "t"}), "audience"),
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "api", "iss": "https://evil", "tenant": "t"}), "issuer"),
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "api", "tenant": "t"}), "issuer"),
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "api", "iss": "https://idp"}), "required_claim"),
-            (json!({"sub": "a", "exp": NOW + 60, "aud": "api", "iss": "https://idp", "tenant": null}), "required_claim"),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "nope", "iss": "https://idp", "tenant": "t"}),
+                "audience",
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "iss": "https://idp", "tenant": "t"}),
+                "audience",
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "api", "iss": "https://evil", "tenant": "t"}),
+                "issuer",
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "api", "tenant": "t"}),
+                "issuer",
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "api", "iss": "https://idp"}),
+                "required_claim",
+            ),
+            (
+                json!({"sub": "a", "exp": NOW + 60, "aud": "api", "iss": "https://idp", "tenant": null}),
+                "required_claim",
+            ),
         ] {
             assert_eq!(check(&v, claims).await.unwrap_err(), JwtError::Invalid(why));
         }
@@ -708,9 +755,8 @@ mod tests {
     async fn duplicate_registered_claims_are_refused() {
         let v = verifier(&[], None, &[]);
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let payload = URL_SAFE_NO_PAD.encode(
-            format!(r#"{{"sub":"a","exp":{},"exp":{}}}"#, NOW + 60, NOW - 1000).as_bytes(),
-        );
+        let payload = URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"sub":"a","exp":{},"exp":{}}}"#, NOW + 60, NOW - 1000).as_bytes());
         let msg = format!("{header}.{payload}");
         let sig = jsonwebtoken::crypto::sign(
             msg.as_bytes(),
@@ -719,7 +765,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            v.verify(&format!("{msg}.{sig}"), &clock()).await.unwrap_err(),
+            v.verify(&format!("{msg}.{sig}"), &clock())
+                .await
+                .unwrap_err(),
             JwtError::Invalid("claims")
         );
     }
@@ -732,7 +780,11 @@ mod tests {
             .unwrap();
         assert_eq!(t.scopes, vec!["read", "write", "admin"]);
         assert_eq!(&*t.subject, "a");
-        assert!(check(&v, json!({"sub": "a", "exp": NOW + 60, "scp": [1]})).await.is_err());
+        assert!(
+            check(&v, json!({"sub": "a", "exp": NOW + 60, "scp": [1]}))
+                .await
+                .is_err()
+        );
         assert_eq!(
             check(&v, json!({"exp": NOW + 60})).await.unwrap_err(),
             JwtError::Invalid("no_subject")

@@ -176,15 +176,20 @@ struct Challenges {
 impl Challenges {
     fn new(realm: &str) -> Result<Self, ConfigError> {
         let v = |s: String| {
-            HeaderValue::from_str(&s).map_err(|_| ConfigError::new("auth.realm", "not a valid header value"))
+            HeaderValue::from_str(&s)
+                .map_err(|_| ConfigError::new("auth.realm", "not a valid header value"))
         };
         Ok(Self {
             bearer: v(format!("Bearer realm=\"{realm}\""))?,
             bearer_invalid: v(format!("Bearer realm=\"{realm}\", error=\"invalid_token\""))?,
-            bearer_bad_request: v(format!("Bearer realm=\"{realm}\", error=\"invalid_request\""))?,
+            bearer_bad_request: v(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\""
+            ))?,
             api_key: v(format!("ApiKey realm=\"{realm}\""))?,
             api_key_invalid: v(format!("ApiKey realm=\"{realm}\", error=\"invalid_token\""))?,
-            api_key_bad_request: v(format!("ApiKey realm=\"{realm}\", error=\"invalid_request\""))?,
+            api_key_bad_request: v(format!(
+                "ApiKey realm=\"{realm}\", error=\"invalid_request\""
+            ))?,
         })
     }
 }
@@ -314,12 +319,12 @@ impl AuthBuilder {
         M: Into<String>,
         S: Into<String>,
     {
-        let mut rule = AuthRuleConfig::default();
-        rule.paths = paths.into_iter().map(Into::into).collect();
-        rule.methods = methods.into_iter().map(Into::into).collect();
-        rule.require = require_name(require).to_owned();
-        rule.scopes = scopes.into_iter().map(Into::into).collect();
-        self.config.rules.push(rule);
+        self.config.rules.push(AuthRuleConfig {
+            paths: paths.into_iter().map(Into::into).collect(),
+            methods: methods.into_iter().map(Into::into).collect(),
+            require: require_name(require).to_owned(),
+            scopes: scopes.into_iter().map(Into::into).collect(),
+        });
         self
     }
 
@@ -331,11 +336,14 @@ impl AuthBuilder {
         sha256_hex: impl Into<String>,
         scopes: impl IntoIterator<Item = S>,
     ) -> Self {
-        let mut k = crate::config::auth::ApiKeyConfig::default();
-        k.id = id.into();
-        k.sha256 = sha256_hex.into();
-        k.scopes = scopes.into_iter().map(Into::into).collect();
-        self.config.api_keys.push(k);
+        self.config
+            .api_keys
+            .push(crate::config::auth::ApiKeyConfig {
+                id: id.into(),
+                sha256: sha256_hex.into(),
+                scopes: scopes.into_iter().map(Into::into).collect(),
+                expires_at: None,
+            });
         self
     }
 
@@ -424,7 +432,10 @@ impl AuthBuilder {
                 None => {
                     errors.push(
                         format!("{key}.require"),
-                        format!("{:?}: use \"none\", \"api_key\", \"jwt\" or \"any\"", r.require),
+                        format!(
+                            "{:?}: use \"none\", \"api_key\", \"jwt\" or \"any\"",
+                            r.require
+                        ),
                     );
                     Require::Any
                 }
@@ -432,7 +443,10 @@ impl AuthBuilder {
             uses_api_key |= require == Require::ApiKey;
             uses_jwt |= require == Require::Jwt;
             for (j, s) in r.scopes.iter().enumerate() {
-                if s.is_empty() || s.chars().any(|c| !('!'..='~').contains(&c) || c == '"' || c == '\\') {
+                if s.is_empty()
+                    || s.chars()
+                        .any(|c| !('!'..='~').contains(&c) || c == '"' || c == '\\')
+                {
                     errors.push(
                         format!("{key}.scopes[{j}]"),
                         "scopes are printable ASCII without white space, quotes or backslashes",
@@ -670,7 +684,9 @@ impl State {
         detail: &'static str,
         out: AuthOutcome,
     ) -> Response {
-        let mut p = Problem::new(status).detail(detail).rejection("auth", reason);
+        let mut p = Problem::new(status)
+            .detail(detail)
+            .rejection("auth", reason);
         for c in challenges {
             p = p.header(WWW_AUTHENTICATE, (*c).clone());
         }
@@ -701,20 +717,28 @@ impl State {
         let headers = &req.headers;
         let api_key = match single_header(headers, &self.api_key_header) {
             Ok(v) => v,
-            Err(()) => return Verdict::Rejected(self.bad_request(Via::ApiKeyHeader, "the API key header is malformed or repeated")),
+            Err(()) => {
+                return Verdict::Rejected(self.bad_request(
+                    Via::ApiKeyHeader,
+                    "the API key header is malformed or repeated",
+                ));
+            }
         };
         let bearer = match bearer_token(headers) {
             Ok(v) => v,
-            Err(()) => return Verdict::Rejected(self.bad_request(Via::Bearer, "the Authorization header is malformed")),
+            Err(()) => {
+                return Verdict::Rejected(
+                    self.bad_request(Via::Bearer, "the Authorization header is malformed"),
+                );
+            }
         };
         // A key and a different bearer token: ambiguous, refuse (RFC 6750 §2).
         if let (Some(k), Some(b)) = (api_key, bearer)
             && k != b
         {
-            return Verdict::Rejected(self.bad_request(
-                Via::Bearer,
-                "credentials were sent in more than one way",
-            ));
+            return Verdict::Rejected(
+                self.bad_request(Via::Bearer, "credentials were sent in more than one way"),
+            );
         }
         let require = action.require;
         let (credential, via) = match (api_key, bearer) {
@@ -839,7 +863,10 @@ impl State {
                     if rec.expires_at.is_some_and(|t| self.clock.now() >= t) {
                         return Err(Failure::Expired);
                     }
-                    Ok((Identity::new(IdentityKind::ApiKey, rec.id, rec.scopes), None))
+                    Ok((
+                        Identity::new(IdentityKind::ApiKey, rec.id, rec.scopes),
+                        None,
+                    ))
                 }
                 Ok(None) => Err(Failure::Invalid),
                 Err(e) => {
@@ -973,13 +1000,17 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -987,13 +1018,31 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         assert_eq!(bearer_token(&headers(&[])), Ok(None));
-        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer abc")])), Ok(Some("abc")));
-        assert_eq!(bearer_token(&headers(&[("authorization", "bearer   a.b.c")])), Ok(Some("a.b.c")));
-        assert_eq!(bearer_token(&headers(&[("authorization", "Basic dXNlcjpwYXNz")])), Ok(None));
-        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer")])), Err(()));
-        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer a b")])), Err(()));
         assert_eq!(
-            bearer_token(&headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")])),
+            bearer_token(&headers(&[("authorization", "Bearer abc")])),
+            Ok(Some("abc"))
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "bearer   a.b.c")])),
+            Ok(Some("a.b.c"))
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Basic dXNlcjpwYXNz")])),
+            Ok(None)
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Bearer")])),
+            Err(())
+        );
+        assert_eq!(
+            bearer_token(&headers(&[("authorization", "Bearer a b")])),
+            Err(())
+        );
+        assert_eq!(
+            bearer_token(&headers(&[
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b")
+            ])),
             Err(())
         );
     }
@@ -1001,8 +1050,17 @@ mod tests {
     #[test]
     fn api_key_header_parsing() {
         let name = HeaderName::from_static("x-api-key");
-        assert_eq!(single_header(&headers(&[("x-api-key", "k")]), &name), Ok(Some("k")));
-        assert_eq!(single_header(&headers(&[("x-api-key", "a"), ("x-api-key", "b")]), &name), Err(()));
-        assert_eq!(single_header(&headers(&[("x-api-key", "a b")]), &name), Err(()));
+        assert_eq!(
+            single_header(&headers(&[("x-api-key", "k")]), &name),
+            Ok(Some("k"))
+        );
+        assert_eq!(
+            single_header(&headers(&[("x-api-key", "a"), ("x-api-key", "b")]), &name),
+            Err(())
+        );
+        assert_eq!(
+            single_header(&headers(&[("x-api-key", "a b")]), &name),
+            Err(())
+        );
     }
 }
