@@ -706,3 +706,58 @@ async fn no_token_or_secret_appears_in_logs() {
     // Not even a signature segment.
     assert!(!logs.contains(good.rsplit('.').next().unwrap()));
 }
+
+#[cfg(feature = "api-key")]
+#[tokio::test]
+async fn api_keys_and_jwts_side_by_side() {
+    use palisade::auth::Require;
+    use sha2::{Digest, Sha256};
+    let cfg =
+        Config::from_toml_str(&format!("[auth.jwt]\nalgorithms = [\"HS256\"]\n{RULES}")).unwrap();
+    let layer = AuthLayer::builder()
+        .config(cfg.auth)
+        .jwt_hmac_secret(HS_SECRET)
+        .api_key("svc", hex::encode(Sha256::digest("svc-key-1")), ["admin"])
+        .rule(["/either"], [] as [&str; 0], Require::Any, [] as [&str; 0])
+        .build()
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route("/me", get(me))
+        .route(
+            "/either",
+            get(|id: Identity| async move { id.id.to_string() }),
+        )
+        .layer(layer);
+    let key = EncodingKey::from_secret(HS_SECRET.as_bytes());
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &with(claims(), json!({"aud": null})),
+        &key,
+    )
+    .unwrap();
+
+    // "any": both challenges when nothing is sent; either credential works.
+    let r = get_with(&app, "/either", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.www, ["ApiKey realm=\"api\"", "Bearer realm=\"api\""]);
+    assert_eq!(get_with(&app, "/either", Some(&token)).await.body, "user-1");
+    assert_eq!(
+        get_with(&app, "/either", Some("svc-key-1")).await.body,
+        "svc"
+    );
+
+    // A JWT-only route answers an API key with its own challenge.
+    let res = app
+        .clone()
+        .oneshot(
+            Request::get("/me")
+                .header("x-api-key", "svc-key-1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"api\"");
+}

@@ -29,7 +29,7 @@ use super::Clock;
 use super::jwks::{Find, Jwks};
 use crate::config::auth::JwtConfig;
 use crate::error::ConfigError;
-use crate::stack::BuildContext;
+use crate::shutdown::Shutdown;
 
 /// Why a token was refused. Only the RFC 6750 code reaches the client; the
 /// variant is for logs and metrics.
@@ -101,11 +101,10 @@ fn family_name(f: AlgorithmFamily) -> &'static str {
 }
 
 impl JwtVerifier {
-    /// Builds the verifier, reporting every configuration problem; fetches the JWKS
-    /// once (a failure is logged, not fatal: the background refresh retries).
-    pub(crate) async fn from_config(
+    /// Builds the verifier, reporting every configuration problem. Nothing is
+    /// fetched until [`start`](Self::start).
+    pub(crate) fn from_config(
         cfg: &JwtConfig,
-        ctx: &BuildContext,
         secret_override: Option<&[u8]>,
     ) -> Result<Self, ConfigError> {
         let mut errors = ConfigError::default();
@@ -285,10 +284,6 @@ impl JwtVerifier {
             None
         };
         errors.into_result()?;
-        if let Some(jwks) = &jwks {
-            jwks.refresh_now().await;
-            jwks.spawn_refresh(ctx.shutdown.clone());
-        }
         Ok(Self {
             static_keys,
             jwks,
@@ -299,6 +294,15 @@ impl JwtVerifier {
             required: cfg.required_claims.clone(),
             max_bytes: cfg.max_token_bytes,
         })
+    }
+
+    /// Fetches the JWKS once (a failure is logged, not fatal: the background
+    /// refresh retries) and starts the background refresh, stopped by `shutdown`.
+    pub(crate) async fn start(&self, shutdown: Shutdown) {
+        if let Some(jwks) = &self.jwks {
+            jwks.refresh_now().await;
+            jwks.spawn_refresh(shutdown);
+        }
     }
 
     /// The JWKS source, if any (tests and metrics read its fetch count).

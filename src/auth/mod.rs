@@ -513,35 +513,9 @@ impl AuthBuilder {
         }
 
         #[cfg(feature = "jwt")]
-        let jwt = match &cfg.jwt {
-            Some(j) => {
-                let ctx = BuildContext {
-                    shutdown: self.shutdown.clone().unwrap_or_default(),
-                    ..BuildContext::default()
-                };
-                if errors.is_empty() {
-                    errors.collect(
-                        jwt::JwtVerifier::from_config(j, &ctx, self.jwt_secret.as_deref()).await,
-                    )
-                } else {
-                    // Still report the JWT section's own problems, without fetching.
-                    let mut copy = j.clone();
-                    copy.jwks_url = None;
-                    copy.discovery = false;
-                    if let Err(e) =
-                        jwt::JwtVerifier::from_config(&copy, &ctx, self.jwt_secret.as_deref()).await
-                    {
-                        for p in e.problems() {
-                            if !p.message.contains("no configured key can verify") {
-                                errors.push(p.key.clone(), p.message.clone());
-                            }
-                        }
-                    }
-                    None
-                }
-            }
-            None => None,
-        };
+        let jwt = cfg.jwt.as_ref().and_then(|j| {
+            errors.collect(jwt::JwtVerifier::from_config(j, self.jwt_secret.as_deref()))
+        });
         #[cfg(not(feature = "jwt"))]
         if cfg.jwt.is_some() {
             errors.push(
@@ -561,6 +535,11 @@ impl AuthBuilder {
             return Err(ConfigError::new("auth.realm", "invalid realm"));
         };
         let realm = cfg.realm.clone();
+        // Only a fully valid configuration touches the network.
+        #[cfg(feature = "jwt")]
+        if let Some(j) = &jwt {
+            j.start(self.shutdown.clone().unwrap_or_default()).await;
+        }
         Ok(AuthLayer {
             state: Arc::new(State {
                 challenges,
@@ -698,6 +677,23 @@ impl State {
         res
     }
 
+    /// 401 with the bare challenge(s) of the schemes `require` accepts.
+    fn missing(&self, require: Require) -> Response {
+        let c = &self.challenges;
+        let list: &[&HeaderValue] = match require {
+            Require::ApiKey => &[&c.api_key],
+            Require::Jwt => &[&c.bearer],
+            _ => &[&c.api_key, &c.bearer],
+        };
+        self.reject(
+            StatusCode::UNAUTHORIZED,
+            list,
+            "missing_credentials",
+            "credentials are required",
+            outcome("none", None, "missing"),
+        )
+    }
+
     fn bad_request(&self, via: Via, detail: &'static str) -> Response {
         let c = match via {
             Via::ApiKeyHeader => &self.challenges.api_key_bad_request,
@@ -744,26 +740,20 @@ impl State {
         let (credential, via) = match (api_key, bearer) {
             (Some(k), _) => (k, Via::ApiKeyHeader),
             (None, Some(b)) => (b, Via::Bearer),
-            (None, None) => {
-                if require == Require::None {
-                    return Verdict::Anonymous;
-                }
-                let c = &self.challenges;
-                let list: &[&HeaderValue] = match require {
-                    Require::ApiKey => &[&c.api_key],
-                    Require::Jwt => &[&c.bearer],
-                    _ => &[&c.api_key, &c.bearer],
-                };
-                return Verdict::Rejected(self.reject(
-                    StatusCode::UNAUTHORIZED,
-                    list,
-                    "missing_credentials",
-                    "credentials are required",
-                    outcome("none", None, "missing"),
-                ));
-            }
+            (None, None) if require == Require::None => return Verdict::Anonymous,
+            (None, None) => return Verdict::Rejected(self.missing(require)),
         };
         let as_jwt = via == Via::Bearer && self.treat_as_jwt(credential, require);
+        // A credential of a kind this route does not take counts as none: the
+        // answer names the schemes the route does take.
+        let accepted = if as_jwt {
+            require.accepts_jwt()
+        } else {
+            require.accepts_api_key()
+        };
+        if !accepted {
+            return Verdict::Rejected(self.missing(require));
+        }
         let (scheme, result) = if as_jwt {
             ("jwt", self.verify_jwt(credential, require).await)
         } else {
@@ -799,8 +789,7 @@ impl State {
                 ));
             }
         };
-        if let Some(missing) = action.scopes.iter().find(|s| !identity.has_scope(s)) {
-            let _ = missing;
+        if action.scopes.iter().any(|s| !identity.has_scope(s)) {
             let c = match via {
                 Via::ApiKeyHeader => &action.forbidden_api_key,
                 Via::Bearer => &action.forbidden_bearer,
