@@ -60,12 +60,13 @@ fn bench(c: &mut Criterion) {
         let mut cfg = palisade::config::auth::JwtConfig::default();
         cfg.algorithms = vec![algorithm.to_owned()];
         cfg.public_key_pem_file = pem;
-        let b = AuthLayer::builder().jwt(cfg).jwt_hmac_secret(SECRET).rule(
-            ["/r"],
-            [] as [&str; 0],
-            Require::Jwt,
-            ["read"],
-        );
+        let mut b =
+            AuthLayer::builder()
+                .jwt(cfg)
+                .rule(["/r"], [] as [&str; 0], Require::Jwt, ["read"]);
+        if algorithm.starts_with("HS") {
+            b = b.jwt_hmac_secret(SECRET);
+        }
         rt.block_on(async { handler_router().layer(b.build().await.unwrap()) })
     };
     let hs256 = jwt_layer("HS256", None);
