@@ -27,8 +27,40 @@
 //!   [`Claims`]; the outer log and metrics layers get an [`AuthOutcome`] in the
 //!   response extensions. Both carry the key's configured id or the token's `sub`.
 //!
-//! See [`api_key`] for key storage and constant-time lookup, and the `jwt`
-//! module docs (feature `jwt`) for the token checks and JWKS handling.
+//! # API keys
+//!
+//! Stored only as SHA-256 digests (or HMAC-SHA256 under a pepper from an
+//! environment variable), each with an `id`, `scopes` and an optional RFC 3339
+//! `expires_at`; several keys can be active at once for rotation. A presented key
+//! is hashed once and compared with **every** stored digest in constant time, so
+//! an unknown key costs exactly what a wrong one does. Implement
+//! [`ApiKeyStore`] to keep keys in your own database (it receives the digest,
+//! never the key). See [`api_key`] for how to generate a key and its digest.
+//!
+//! # JWT (feature `jwt`)
+//!
+//! * Algorithms are pinned in `[auth.jwt] algorithms`, never taken from the token:
+//!   the HMAC secret (`secret_env`) serves only the listed `HS*`, a PEM key or a
+//!   JWKS key only the listed algorithms of its own family (and, for a JWK that
+//!   declares one, only its `alg`). `alg: none`, an HS256 token signed with the RSA
+//!   public key, or an unlisted algorithm are all `invalid_token`.
+//! * Checked in this order: size (`max_token_bytes`, 8 KiB) before any decoding;
+//!   three non-empty segments; header (`crit` refused; `jku`, `x5u`, `jwk`, `x5c`
+//!   ignored and never fetched); signature; then the claims: `exp` required and
+//!   numeric, `nbf` numeric when present, both with `leeway_s` (30 s); `iss` and
+//!   `aud` when configured (a token carrying `aud` is refused when no audience is
+//!   configured); `required_claims`; a registered claim appearing twice is
+//!   refused. The identity id is `sub` (or `client_id`); scopes come from `scope`
+//!   (space separated) and the `scp` / `permissions` arrays.
+//! * JWKS from `jwks_url`, or from `{issuer}/.well-known/openid-configuration`
+//!   with `discovery = true` (its `issuer` must equal the configured one). Fetched
+//!   at start-up, refreshed every `jwks_refresh_s` in the background until
+//!   shutdown, refetched on an unknown `kid` at most once per `jwks_cooldown_s`
+//!   (single-flight; the read path never waits for the network), and the keys
+//!   held are kept when the endpoint fails. Only `https` URLs are accepted, except
+//!   plain `http` on loopback hosts (`127.0.0.0/8`, `::1`, `localhost`) for local
+//!   identity providers and tests. TLS is rustls on aws-lc-rs, the same crypto
+//!   library that verifies signatures, with the Mozilla root store.
 //!
 //! # Example
 //!
