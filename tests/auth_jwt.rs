@@ -467,6 +467,8 @@ jwks_url = "http://idp.example.com/jwks"
 
 #[derive(Default)]
 struct Idp {
+    /// The `issuer` its discovery document names.
+    issuer: Mutex<String>,
     jwks: Mutex<Value>,
     down: AtomicBool,
     jwks_hits: AtomicUsize,
@@ -506,6 +508,13 @@ async fn start_idp(keys: &[(u8, &str)]) -> (Arc<Idp>, String) {
             }),
         )
         .route(
+            "/.well-known/openid-configuration",
+            get(|State(idp): State<Arc<Idp>>| async move {
+                let issuer = idp.issuer.lock().unwrap().clone();
+                json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")}).to_string()
+            }),
+        )
+        .route(
             "/attacker",
             get(|State(idp): State<Arc<Idp>>| async move {
                 idp.attacker_hits.fetch_add(1, Ordering::SeqCst);
@@ -515,6 +524,7 @@ async fn start_idp(keys: &[(u8, &str)]) -> (Arc<Idp>, String) {
         .with_state(idp.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    *idp.issuer.lock().unwrap() = base.clone();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (idp, base)
 }
@@ -760,4 +770,54 @@ async fn api_keys_and_jwts_side_by_side() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"api\"");
+}
+
+#[tokio::test]
+async fn oidc_discovery_finds_the_jwks_and_checks_the_issuer() {
+    let (idp, base) = start_idp(&[(1, "k1")]).await;
+    let toml = format!(
+        "[auth.jwt]\nalgorithms = [\"RS256\"]\nissuer = \"{base}\"\ndiscovery = true\naudience = [\"api\"]\n{RULES}"
+    );
+    let cfg = Config::from_toml_str(&toml).unwrap();
+    let app = router(
+        AuthLayer::from_config(&cfg.auth, &BuildContext::default())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(idp.hits(), 1);
+    let ours = rs256(&with(claims(), json!({"iss": base})), Some("k1"), 1);
+    let r = get_with(&app, "/me", Some(&ours)).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "user-1"));
+    // The issuer is enforced automatically.
+    assert_invalid(
+        &app,
+        &rs256(&claims(), Some("k1"), 1),
+        "iss of another issuer",
+    )
+    .await;
+
+    // A discovery document naming another issuer is not trusted: no key loads.
+    let (idp, base) = start_idp(&[(1, "k1")]).await;
+    *idp.issuer.lock().unwrap() = "https://evil.test".into();
+    let toml = format!(
+        "[auth.jwt]\nalgorithms = [\"RS256\"]\nissuer = \"{base}\"\ndiscovery = true\naudience = [\"api\"]\n{RULES}"
+    );
+    let cfg = Config::from_toml_str(&toml).unwrap();
+    let app = router(
+        AuthLayer::from_config(&cfg.auth, &BuildContext::default())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(
+        idp.hits(),
+        0,
+        "the JWKS of an unverified issuer is never fetched"
+    );
+    let token = rs256(&with(claims(), json!({"iss": base})), Some("k1"), 1);
+    assert_eq!(
+        get_with(&app, "/me", Some(&token)).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
