@@ -470,6 +470,8 @@ struct Idp {
     /// The `issuer` its discovery document names.
     issuer: Mutex<String>,
     jwks: Mutex<Value>,
+    /// `Cache-Control` sent with the JWKS, if any.
+    cache_control: Mutex<Option<String>>,
     down: AtomicBool,
     jwks_hits: AtomicUsize,
     attacker_hits: AtomicUsize,
@@ -501,10 +503,25 @@ async fn start_idp(keys: &[(u8, &str)]) -> (Arc<Idp>, String) {
             "/jwks",
             get(|State(idp): State<Arc<Idp>>| async move {
                 idp.jwks_hits.fetch_add(1, Ordering::SeqCst);
+                let cc = idp
+                    .cache_control
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_default();
+                let headers = [(http::header::CACHE_CONTROL, cc)];
                 if idp.down.load(Ordering::SeqCst) {
-                    return (StatusCode::INTERNAL_SERVER_ERROR, String::from("down"));
+                    return (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        headers,
+                        String::from("down"),
+                    );
                 }
-                (StatusCode::OK, idp.jwks.lock().unwrap().to_string())
+                (
+                    StatusCode::OK,
+                    headers,
+                    idp.jwks.lock().unwrap().to_string(),
+                )
             }),
         )
         .route(
@@ -820,4 +837,24 @@ async fn oidc_discovery_finds_the_jwks_and_checks_the_issuer() {
         get_with(&app, "/me", Some(&token)).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+#[tokio::test]
+async fn background_refresh_follows_the_providers_max_age() {
+    let (idp, base) = start_idp(&[(1, "k1")]).await;
+    *idp.cache_control.lock().unwrap() = Some("public, max-age=1".into());
+    // refresh every 300 s by default, but the provider asks for 1 s (cooldown 1 s).
+    let (app, _) = jwks_app(&base, "jwks_cooldown_s = 1").await;
+    assert_eq!(idp.hits(), 1);
+    idp.serve(&[(2, "k2")]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        idp.hits() >= 2,
+        "refreshed in the background without any request"
+    );
+    // k2 is known without an on-demand fetch.
+    let before = idp.hits();
+    let r = get_with(&app, "/me", Some(&rs256(&claims(), Some("k2"), 2))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(idp.hits(), before);
 }

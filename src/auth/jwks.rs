@@ -96,6 +96,8 @@ pub(crate) struct Jwks {
     cooldown: Duration,
     refresh: Duration,
     fetches: AtomicU64,
+    /// Delay before the next background refresh, in seconds.
+    next_refresh_s: AtomicU64,
 }
 
 impl fmt::Debug for Jwks {
@@ -198,6 +200,7 @@ impl Jwks {
             cooldown: Duration::from_secs(cfg.jwks_cooldown_s.max(1)),
             refresh: Duration::from_secs(cfg.jwks_refresh_s.max(1)),
             fetches: AtomicU64::new(0),
+            next_refresh_s: AtomicU64::new(cfg.jwks_refresh_s.max(1)),
         })
     }
 
@@ -293,8 +296,13 @@ impl Jwks {
             },
         };
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let body = self.get(&url).await?;
-        self.parse(&body)
+        let (body, max_age) = self.get(&url).await?;
+        let set = self.parse(&body)?;
+        // Refresh as often as the provider asks, but never more often than the
+        // cooldown nor less often than `jwks_refresh_s`.
+        let next = max_age.map_or(self.refresh, |m| m.clamp(self.cooldown, self.refresh));
+        self.next_refresh_s.store(next.as_secs(), Ordering::Relaxed);
+        Ok(set)
     }
 
     async fn discover(&self, issuer: &str) -> Result<Url, String> {
@@ -303,7 +311,7 @@ impl Jwks {
             issuer.trim_end_matches('/')
         );
         let url = Url::parse(&doc_url).map_err(|e| e.to_string())?;
-        let body = self.get(&url).await?;
+        let (body, _) = self.get(&url).await?;
         #[derive(serde::Deserialize)]
         struct Doc {
             issuer: String,
@@ -322,7 +330,8 @@ impl Jwks {
         Ok(jwks)
     }
 
-    async fn get(&self, url: &Url) -> Result<Vec<u8>, String> {
+    /// The body, and the response's `Cache-Control: max-age` if any.
+    async fn get(&self, url: &Url) -> Result<(Vec<u8>, Option<Duration>), String> {
         let mut res = self
             .client
             .get(url.clone())
@@ -333,6 +342,11 @@ impl Jwks {
         if !res.status().is_success() {
             return Err(format!("GET {url}: status {}", res.status()));
         }
+        let max_age = res
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
         let mut body = Vec::new();
         while let Some(chunk) = res.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
             if body.len() + chunk.len() > MAX_BODY {
@@ -340,7 +354,7 @@ impl Jwks {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        Ok((body, max_age))
     }
 
     fn parse(&self, body: &[u8]) -> Result<KeySet, String> {
@@ -415,7 +429,9 @@ impl Jwks {
         tokio::spawn(async move {
             loop {
                 let delay = match weak.upgrade() {
-                    Some(j) if j.loaded.load(Ordering::Acquire) => j.refresh,
+                    Some(j) if j.loaded.load(Ordering::Acquire) => {
+                        Duration::from_secs(j.next_refresh_s.load(Ordering::Relaxed))
+                    }
                     Some(j) => j.refresh.min(Duration::from_secs(5)),
                     None => return,
                 };
@@ -428,6 +444,28 @@ impl Jwks {
             }
         });
     }
+}
+
+/// `max-age` of a `Cache-Control` value (`no-store`/`no-cache` count as 0).
+fn max_age(value: &str) -> Option<Duration> {
+    let mut out = None;
+    for directive in value.split(',') {
+        let d = directive.trim();
+        if d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if let Some((name, v)) = d.split_once('=')
+            && name.trim().eq_ignore_ascii_case("max-age")
+        {
+            out = v
+                .trim()
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    out
 }
 
 fn build_client(timeout: Duration) -> Result<reqwest::Client, String> {
@@ -453,6 +491,21 @@ fn build_client(timeout: Duration) -> Result<reqwest::Client, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(
+            max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            max_age("Max-Age=\"60\", must-revalidate"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(max_age("max-age=soon"), None);
+    }
 
     #[test]
     fn only_https_or_loopback_http() {

@@ -54,8 +54,9 @@
 //!   (space separated) and the `scp` / `permissions` arrays.
 //! * JWKS from `jwks_url`, or from `{issuer}/.well-known/openid-configuration`
 //!   with `discovery = true` (its `issuer` must equal the configured one). Fetched
-//!   at start-up, refreshed every `jwks_refresh_s` in the background until
-//!   shutdown, refetched on an unknown `kid` at most once per `jwks_cooldown_s`
+//!   at start-up, refreshed in the background every `jwks_refresh_s` (sooner
+//!   when the response's `Cache-Control: max-age` asks, never more often than the
+//!   cooldown) until shutdown, refetched on an unknown `kid` at most once per `jwks_cooldown_s`
 //!   (single-flight; the read path never waits for the network), and the keys
 //!   held are kept when the endpoint fails. Only `https` URLs are accepted, except
 //!   plain `http` on loopback hosts (`127.0.0.0/8`, `::1`, `localhost`) for local

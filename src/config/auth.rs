@@ -117,7 +117,8 @@ pub struct JwtConfig {
     pub required_claims: Vec<String>,
     /// Largest accepted token, in bytes (default 8192).
     pub max_token_bytes: usize,
-    /// Background JWKS refresh interval, in seconds (default 300).
+    /// Background JWKS refresh interval, in seconds (default 300); a shorter
+    /// `Cache-Control: max-age` on the JWKS response is honoured, down to the cooldown.
     pub jwks_refresh_s: u64,
     /// Minimum time between two JWKS fetches caused by an unknown `kid`, in
     /// seconds (default 30, at least 1).
