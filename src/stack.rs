@@ -164,7 +164,7 @@ impl Palisade {
             .unwrap_or_default();
         #[cfg(any(feature = "api-key", feature = "jwt"))]
         let auth = errors
-            .collect(crate::auth::AuthLayer::from_config(&config.auth, &ctx))
+            .collect(crate::auth::AuthLayer::from_config(&config.auth, &ctx).await)
             .flatten();
         #[cfg(feature = "cache")]
         let cache = errors
