@@ -418,12 +418,14 @@ impl Backend {
     }
 }
 
+/// One connection slot: `(generation, manager)`; `None` until first use or after a discard.
+type Slot = RwLock<Option<(u64, ConnectionManager)>>;
+
 /// `pool_size` lazily created connection managers, picked round-robin.
 struct Single {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    /// `(generation, manager)`; `None` until first use or after a discard.
-    slots: Box<[RwLock<Option<(u64, ConnectionManager)>>]>,
+    slots: Box<[Slot]>,
     next: AtomicUsize,
     generation: AtomicU64,
 }
