@@ -159,54 +159,76 @@ where
             }
         }
     }
-    if ctx.head || ctx.fill_block.is_some() || ctx.shared_credentialed {
-        // These never lead a fill (a public response to a credentialed request may
-        // still be stored below); no need to collapse them.
+    if ctx.head || ctx.fill_block.is_some() {
+        // These never fill; no need to collapse them.
         return fill_from(&shared, &mut inner, req, rule, &ctx, gen_, stale, None).await;
     }
-    match shared.flights.join(ctx.key.full) {
-        #[allow(unused_mut)]
-        Role::Leader(mut guard) => {
-            #[cfg(feature = "redis")]
-            if shared.lock
-                && let super::Store::Redis(store) = &shared.store
-            {
-                match fleet_lock(&shared, store, &ctx, req.headers(), &mut guard).await {
-                    Ok(()) => {}
-                    Err(served) => return served,
+    if ctx.shared_credentialed {
+        // Fills only if the response is `public`; leads when nobody else does, so
+        // that requests arriving meanwhile wait for that possible entry.
+        let guard = shared.flights.try_lead(ctx.key.full);
+        return fill_from(&shared, &mut inner, req, rule, &ctx, gen_, stale, guard).await;
+    }
+    let mut gen_ = gen_;
+    let mut reason = "collapsed-miss";
+    // Two rounds: a follower whose leader stored nothing (another variant, an
+    // uncacheable response) may lead the next fill itself.
+    for _ in 0..2 {
+        match shared.flights.join(ctx.key.full) {
+            #[allow(unused_mut)]
+            Role::Leader(mut guard) => {
+                #[cfg(feature = "redis")]
+                if shared.lock
+                    && let super::Store::Redis(store) = &shared.store
+                {
+                    match fleet_lock(&shared, store, &ctx, req.headers(), &mut guard).await {
+                        Ok(()) => {}
+                        Err(served) => return served,
+                    }
+                }
+                return fill_from(
+                    &shared,
+                    &mut inner,
+                    req,
+                    rule,
+                    &ctx,
+                    gen_,
+                    stale,
+                    Some(guard),
+                )
+                .await;
+            }
+            Role::Follower(rx) => {
+                let done = flight::wait(rx, COLLAPSE_WAIT).await;
+                let now = shared.clock.now_ms();
+                match lookup(&shared, &ctx.key, req.headers(), now).await {
+                    Ok((Some((rec, _)), _))
+                        if matches!(rec.kind, Kind::Response(_)) && now < rec.fresh_until_ms =>
+                    {
+                        if let Kind::Response(data) = &rec.kind {
+                            return serve(
+                                &rec,
+                                data,
+                                req.headers(),
+                                ctx.head,
+                                now,
+                                Served::Collapsed,
+                            );
+                        }
+                    }
+                    Ok((_, g)) => gen_ = g,
+                    Err(_) => break,
+                }
+                if !done {
+                    reason = "collapse-timeout";
+                    break;
                 }
             }
-            fill_from(
-                &shared,
-                &mut inner,
-                req,
-                rule,
-                &ctx,
-                gen_,
-                stale,
-                Some(guard),
-            )
-            .await
-        }
-        Role::Follower(rx) => {
-            let done = flight::wait(rx, COLLAPSE_WAIT).await;
-            let now = shared.clock.now_ms();
-            if let Ok((Some((rec, _)), _)) = lookup(&shared, &ctx.key, req.headers(), now).await
-                && let Kind::Response(data) = &rec.kind
-                && now < rec.fresh_until_ms
-            {
-                return serve(&rec, data, req.headers(), ctx.head, now, Served::Collapsed);
-            }
-            let reason = if done {
-                "collapsed-miss"
-            } else {
-                "collapse-timeout"
-            };
-            let mut res = call(&mut inner, req).await;
-            mark_miss(&mut res, reason);
-            res
         }
     }
+    let mut res = call(&mut inner, req).await;
+    mark_miss(&mut res, reason);
+    res
 }
 
 /// `lock = true`: one replica of the fleet fills a key; the others poll the store
@@ -628,6 +650,28 @@ fn fill(
             tags: Vec::new(),
             kind: Kind::Variants(vary.clone()),
         };
+        if let super::Store::Memory(m) = &shared2.store {
+            // In process: store before the body's end reaches the client, so the
+            // next request is a hit.
+            let tag_gens = m.gens.tags(&tags);
+            let rec = Stored {
+                tags: tags.into_iter().zip(tag_gens).collect(),
+                kind: Kind::Response(ResponseData {
+                    status,
+                    headers,
+                    etag,
+                    body,
+                    public,
+                }),
+                ..base.clone()
+            };
+            if !vary.is_empty() {
+                m.put(primary.full, Arc::new(base));
+            }
+            m.put(key.full, Arc::new(rec));
+            drop(guard);
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
