@@ -68,6 +68,12 @@ impl Flights {
         })
     }
 
+    /// The flight in progress on `key`, if any (to wait for it without leading).
+    pub(crate) fn peek(&self, key: &[u8; 32]) -> Option<watch::Receiver<()>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|rx| rx.has_changed().is_ok()).cloned()
+    }
+
     /// Leadership only if nobody holds it (for background refreshes).
     pub(crate) fn try_lead(self: &Arc<Self>, key: [u8; 32]) -> Option<FlightGuard> {
         match self.join(key) {

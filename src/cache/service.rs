@@ -160,7 +160,13 @@ where
         }
     }
     if ctx.head || ctx.fill_block.is_some() {
-        // These never fill; no need to collapse them.
+        // These never fill, but an entry being filled right now serves them too.
+        if let Some(rx) = shared.flights.peek(&ctx.key.full) {
+            flight::wait(rx, COLLAPSE_WAIT).await;
+        }
+        if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
+            return res;
+        }
         return fill_from(&shared, &mut inner, req, rule, &ctx, gen_, stale, None).await;
     }
     if ctx.shared_credentialed {
@@ -177,6 +183,11 @@ where
         match shared.flights.join(ctx.key.full) {
             #[allow(unused_mut)]
             Role::Leader(mut guard) => {
+                // A remote store may have finished a fill between our lookup and
+                // taking the lead: look once more.
+                if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
+                    return res;
+                }
                 #[cfg(feature = "redis")]
                 if shared.lock
                     && let super::Store::Redis(store) = &shared.store
@@ -286,6 +297,26 @@ async fn fleet_lock(
             Ok(())
         }
         Err(_) => Ok(()),
+    }
+}
+
+/// Looks the key up again after a wait, on remote stores only (the memory store
+/// fills synchronously, so a second look there would find nothing new).
+async fn second_look(shared: &Shared, ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
+    if matches!(shared.store, super::Store::Memory(_)) {
+        return None;
+    }
+    let now = shared.clock.now_ms();
+    match lookup(shared, &ctx.key, headers, now).await {
+        Ok((Some((rec, _)), _)) => match &rec.kind {
+            Kind::Response(data)
+                if now < rec.fresh_until_ms && (!ctx.shared_credentialed || data.public) =>
+            {
+                Some(serve(&rec, data, headers, ctx.head, now, Served::Hit))
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 

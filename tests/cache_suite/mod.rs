@@ -32,15 +32,21 @@ pub struct Env {
 static PREFIX_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Env {
-    pub fn layer(&self, mut cfg: CacheConfig) -> CacheLayer {
-        (self.configure)(&mut cfg);
+    pub fn layer(&self, cfg: CacheConfig) -> CacheLayer {
         // Each app its own namespace, so tests sharing one Redis never meet.
-        cfg.key_prefix = format!(
+        let prefix = format!(
             "{}{}-{}:",
             self.prefix,
             std::process::id(),
             PREFIX_SEQ.fetch_add(1, Ordering::Relaxed)
         );
+        self.layer_with_prefix(cfg, &prefix)
+    }
+
+    /// A layer in the namespace `prefix` (two with the same prefix are two replicas).
+    pub fn layer_with_prefix(&self, mut cfg: CacheConfig, prefix: &str) -> CacheLayer {
+        (self.configure)(&mut cfg);
+        cfg.key_prefix = prefix.to_owned();
         CacheLayer::from_config(&cfg, &self.ctx)
             .unwrap()
             .expect("rules configured")
@@ -84,9 +90,13 @@ pub struct App {
 
 /// The test application: every route counts its calls.
 pub fn app(env: &Env, cfg: CacheConfig) -> App {
+    app_with(env.layer(cfg))
+}
+
+/// The test application around a given layer.
+pub fn app_with(layer: CacheLayer) -> App {
     let calls = Calls::default();
     let fail = Arc::new(AtomicBool::new(false));
-    let layer = env.layer(cfg);
     let c = calls.clone();
     let f = fail.clone();
     let router = Router::new()
