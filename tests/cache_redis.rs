@@ -1,5 +1,6 @@
 //! Response cache, Redis backend: the shared suite against a real `redis-server`
 //! (and a 3-master Cluster), plus outage, recovery, corruption and the fleet lock.
+#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
 
 mod cache_suite;

@@ -6,6 +6,9 @@
 //! names). A truncated checksum closes it: a corrupt or foreign value decodes to
 //! `None` and is treated as a miss.
 
+// The binary encoding is only used by the Redis backend (and its tests).
+#![cfg_attr(not(feature = "redis"), allow(dead_code))]
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
 
@@ -246,6 +249,7 @@ impl Reader {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -94,6 +94,7 @@ pub(crate) async fn wait(mut rx: watch::Receiver<()>, limit: Duration) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

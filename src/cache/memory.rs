@@ -144,6 +144,7 @@ impl GenInner {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::cache::entry::{Kind, ResponseData};

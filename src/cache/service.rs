@@ -136,9 +136,10 @@ where
         }
     };
     let mut stale = None;
-    if let Some((rec, _)) = found {
-        if let Kind::Response(data) = &rec.kind
-            && (!ctx.shared_credentialed || data.public)
+    if let Some((rec, _)) = found
+        && let Kind::Response(data) = &rec.kind
+        && (!ctx.shared_credentialed || data.public)
+    {
         {
             if now < rec.fresh_until_ms {
                 return serve(&rec, data, req.headers(), ctx.head, now, Served::Hit);
@@ -681,6 +682,7 @@ fn fill(
             tags: Vec::new(),
             kind: Kind::Variants(vary.clone()),
         };
+        #[allow(irrefutable_let_patterns)]
         if let super::Store::Memory(m) = &shared2.store {
             // In process: store before the body's end reaches the client, so the
             // next request is a hit.
