@@ -268,3 +268,75 @@ impl http_body::Body for ChannelBody {
             .map(|o| o.map(|r| r.map(http_body::Frame::data)))
     }
 }
+
+/// The layer inside the whole stack, configured from TOML.
+#[tokio::test]
+async fn whole_stack_from_toml() {
+    use tower::ServiceExt;
+    let config: palisade::Config = toml::from_str(
+        r#"
+        [cache]
+        default_ttl_s = 30
+        [[cache.rules]]
+        paths = ["/items/{id}"]
+        "#,
+    )
+    .unwrap();
+    let palisade = palisade::Palisade::from_config(config).await.unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let app: Router = Router::new()
+        .route(
+            "/items/{id}",
+            route_get(move || {
+                let c = c.clone();
+                async move {
+                    format!(
+                        "call {}",
+                        c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+                    )
+                }
+            }),
+        )
+        .layer(palisade.layer());
+    for expected in ["MISS", "HIT"] {
+        let req = axum::http::Request::get("/items/1")
+            .header("host", "example.com")
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.headers()["x-cache"], expected, "{:?}", res.headers());
+        // The entry is stored once the body has been sent completely.
+        http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap();
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn background_refresh_stops_on_shutdown() {
+    let env = memory();
+    let mut r = rule(&["/slow"]);
+    r.ttl_s = Some(10);
+    let mut cfg = config(vec![r]);
+    cfg.stale_while_revalidate_s = 600;
+    let app = app(&env, cfg);
+    assert_eq!(get(&app, "/slow").await.text(), "slow 1");
+    tokio::time::advance(Duration::from_secs(11)).await;
+    // Stale served; the refresh starts and sits in the handler's 100 ms upstream call.
+    assert_eq!(get(&app, "/slow").await.text(), "slow 1");
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(app.calls.get("slow"), 2, "refresh started");
+    env.ctx.shutdown.trigger();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for _ in 0..5 {
+        tokio::task::yield_now().await;
+    }
+    let r = get(&app, "/slow").await;
+    assert_eq!(r.text(), "slow 1", "the cancelled refresh stored nothing");
+    assert!(r.cache_status().contains("stale-while-revalidate"));
+    assert_eq!(app.calls.get("slow"), 2, "no new refresh after shutdown");
+}

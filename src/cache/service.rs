@@ -838,7 +838,11 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    if ctx.head || ctx.fill_block.is_some() || ctx.shared_credentialed {
+    if ctx.head
+        || ctx.fill_block.is_some()
+        || ctx.shared_credentialed
+        || shared.shutdown.is_triggered()
+    {
         return;
     }
     let Some(guard) = shared.flights.try_lead(ctx.key.full) else {
