@@ -136,7 +136,7 @@ fn benches(c: &mut Criterion) {
     });
 
     let mut g = c.benchmark_group("redis_hit_vs_raw_get");
-    if let Some((app, pool, raw_key, _)) = &redis {
+    if let Some((app, pool, raw_key, keys)) = &redis {
         let cmd = {
             let mut cmd = redis::cmd("GET");
             cmd.arg(raw_key);
@@ -145,6 +145,26 @@ fn benches(c: &mut Criterion) {
         g.bench_function("raw_get_same_bytes", |b| {
             b.iter(|| {
                 rt.block_on(async { pool.query::<Vec<u8>>("bench", &cmd).await.unwrap().len() })
+            })
+        });
+        // The lookup's actual command: the entry and its group generation, one slot.
+        let entry_key = keys.iter().find(|k| !k.ends_with(":gen")).unwrap();
+        let gen_key = format!(
+            "{}gen",
+            entry_key.rsplit_once(':').unwrap().0.to_owned() + ":"
+        );
+        let mget = {
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(&gen_key).arg(entry_key);
+            cmd
+        };
+        g.bench_function("raw_mget_entry_and_gen", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    pool.query::<(Option<Vec<u8>>, Option<Vec<u8>>)>("bench", &mget)
+                        .await
+                        .unwrap()
+                })
             })
         });
         g.bench_function("cache_hit", |b| {
