@@ -199,10 +199,19 @@ async fn invalidation_is_fleet_wide() {
     let b = app_with(env.layer_with_prefix(cfg(), &prefix));
     get(&a, "/items/1").await;
     get(&a, "/tagged/1").await;
+    // A hit on `a` means its (asynchronous) writes to Redis are done.
+    assert_eq!(get(&a, "/items/1").await.x_cache(), "HIT");
+    assert_eq!(get(&a, "/tagged/1").await.x_cache(), "HIT");
     assert_eq!(get(&b, "/items/1").await.x_cache(), "HIT", "shared store");
     assert_eq!(get(&b, "/tagged/1").await.x_cache(), "HIT");
     send(&a, axum::http::Method::PUT, "/items/1", &[]).await;
     assert_eq!(get(&b, "/items/1").await.x_cache(), "MISS");
     a.layer.purge_tag("item-1").await.unwrap();
     assert_eq!(get(&b, "/tagged/1").await.x_cache(), "MISS");
+    assert_eq!(app_calls(&a, &b, "items"), 2);
+    assert_eq!(app_calls(&a, &b, "tagged"), 2);
+}
+
+fn app_calls(a: &App, b: &App, label: &'static str) -> usize {
+    a.calls.get(label) + b.calls.get(label)
 }
