@@ -656,6 +656,13 @@ fn fill(
             headers.push((n.clone(), v.clone()));
         }
     }
+    if !parts.headers.contains_key(DATE) {
+        // RFC 9110 §6.6.1: the origin's Date, kept so hits report when the
+        // response was generated (the server would otherwise stamp each hit anew).
+        if let Ok(v) = HeaderValue::try_from(http_date(now / 1000)) {
+            headers.push((DATE, v));
+        }
+    }
     let upstream_etag = parts.headers.get(ETAG).cloned();
     let key = if vary.is_empty() {
         ctx.key
@@ -805,6 +812,36 @@ fn take_tags(headers: &mut HeaderMap, name: &HeaderName) -> Vec<String> {
     tags
 }
 
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) of a Unix time in seconds.
+fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// A strong ETag from the body: the same bytes give the same tag on every replica.
 fn etag_of(body: &[u8]) -> HeaderValue {
     let hash = blake3::hash(body);
@@ -885,4 +922,46 @@ where
             _ = work => {}
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(1_767_225_599), "Wed, 31 Dec 2025 23:59:59 GMT");
+    }
+
+    #[test]
+    fn etag_comparison_is_weak() {
+        let ours = HeaderValue::from_static("\"abc\"");
+        for (inm, want) in [
+            ("\"abc\"", true),
+            ("W/\"abc\"", true),
+            ("\"x\", \"abc\"", true),
+            ("*", true),
+            ("\"abcd\"", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                etag_matches(&HeaderValue::from_static(inm), &ours),
+                want,
+                "{inm}"
+            );
+        }
+    }
+
+    #[test]
+    fn tags_are_split_deduplicated_and_removed() {
+        let name = HeaderName::from_static("x-cache-tags");
+        let mut h = HeaderMap::new();
+        h.append(&name, HeaderValue::from_static("a b,c"));
+        h.append(&name, HeaderValue::from_static("a  d"));
+        assert_eq!(take_tags(&mut h, &name), ["a", "b", "c", "d"]);
+        assert!(!h.contains_key(&name));
+    }
 }

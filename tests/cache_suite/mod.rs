@@ -416,6 +416,17 @@ pub async fn miss_then_hit_with_headers(env: &Env) {
     assert!(second.headers.contains_key("age"));
     assert!(second.headers.contains_key(header::ETAG));
     assert_eq!(second.outcome.unwrap().status, CacheStatus::Hit);
+    assert!(
+        second.headers[header::DATE]
+            .to_str()
+            .unwrap()
+            .ends_with(" GMT"),
+        "Date kept from the fill"
+    );
+    assert_eq!(
+        get(&app, "/items/1").await.headers[header::DATE],
+        second.headers[header::DATE]
+    );
     assert_eq!(app.calls.get("items"), 1);
     // Another id, another entry.
     assert_eq!(get(&app, "/items/2").await.x_cache(), "MISS");
