@@ -140,24 +140,22 @@ where
         && let Kind::Response(data) = &rec.kind
         && (!ctx.shared_credentialed || data.public)
     {
-        {
-            if now < rec.fresh_until_ms {
-                return serve(&rec, data, req.headers(), ctx.head, now, Served::Hit);
-            }
-            if now < rec.swr_until_ms {
-                spawn_refresh(&shared, inner, &req, ri, &ctx, gen_);
-                return serve(
-                    &rec,
-                    data,
-                    req.headers(),
-                    ctx.head,
-                    now,
-                    Served::StaleWhileRevalidate,
-                );
-            }
-            if now < rec.sie_until_ms {
-                stale = Some(rec.clone());
-            }
+        if now < rec.fresh_until_ms {
+            return serve(&rec, data, req.headers(), ctx.head, now, Served::Hit);
+        }
+        if now < rec.swr_until_ms {
+            spawn_refresh(&shared, inner, &req, ri, &ctx, gen_);
+            return serve(
+                &rec,
+                data,
+                req.headers(),
+                ctx.head,
+                now,
+                Served::StaleWhileRevalidate,
+            );
+        }
+        if now < rec.sie_until_ms {
+            stale = Some(rec.clone());
         }
     }
     if ctx.head || ctx.fill_block.is_some() {
@@ -614,12 +612,8 @@ where
             Served::StaleIfError(status),
         );
     }
-    let (mut res, _stored) = fill(shared, res, rule, ctx, gen_, &req_headers, now, guard);
-    if let Err(reason) = _stored {
-        mark_miss(&mut res, reason);
-    } else {
-        mark_miss(&mut res, "miss");
-    }
+    let (mut res, stored) = fill(shared, res, rule, ctx, gen_, &req_headers, now, guard);
+    mark_miss(&mut res, stored.err().unwrap_or("miss"));
     res
 }
 
