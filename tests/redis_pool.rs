@@ -244,7 +244,9 @@ async fn starts_without_redis_and_works_once_it_is_up() {
     let _server = RedisServer::start_on(port);
     // Once the breaker interval has passed, the very first call works.
     tokio::time::sleep(Duration::from_millis(350)).await;
-    pool.ping().await.expect("the first probe after Redis came up succeeds");
+    pool.ping()
+        .await
+        .expect("the first probe after Redis came up succeeds");
     let n: i64 = pool.query("t", &incr("late")).await.unwrap();
     assert_eq!(n, 1);
 }

@@ -38,7 +38,7 @@ pub mod server;
 
 pub use crate::client_ip::ClientIpConfig;
 pub use auth::AuthConfig;
-pub use cache::CacheConfig;
+pub use cache::{CacheBackend, CacheConfig, CacheRule};
 pub use health::HealthConfig;
 pub use https::HttpsConfig;
 pub use logging::LoggingConfig;

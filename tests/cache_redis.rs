@@ -1,0 +1,217 @@
+//! Response cache, Redis backend: the shared suite against a real `redis-server`
+//! (and a 3-master Cluster), plus outage, recovery, corruption and the fleet lock.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used)]
+
+mod cache_suite;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_suite::*;
+use palisade::config::{CacheBackend, RedisConfig};
+use palisade::outcome::CacheStatus;
+use palisade::redis::RedisPool;
+use palisade::stack::BuildContext;
+
+fn env_for(config: RedisConfig, configure: fn(&mut palisade::config::CacheConfig)) -> Env {
+    let mut ctx = BuildContext::default();
+    ctx.redis = Some(RedisPool::from_config(&config).unwrap().unwrap());
+    Env {
+        ctx,
+        configure,
+        prefix: "t:",
+    }
+}
+
+fn redis_env(url: &str) -> Env {
+    env_for(
+        RedisConfig::single(url)
+            .with_timeout_ms(200)
+            .with_breaker_ms(500),
+        |c| c.backend = CacheBackend::Redis,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_redis() {
+    let redis = support::RedisServer::start();
+    cache_suite::all(&redis_env(redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_redis_with_memory_tier() {
+    let redis = support::RedisServer::start();
+    let env = env_for(RedisConfig::single(redis.url()), |c| {
+        c.backend = CacheBackend::Redis;
+        c.memory_tier = true;
+    });
+    cache_suite::all(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_a_three_master_cluster() {
+    let cluster = support::RedisCluster::start();
+    let env = env_for(
+        RedisConfig::cluster(cluster.urls()).with_timeout_ms(500),
+        |c| c.backend = CacheBackend::Redis,
+    );
+    cache_suite::all(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_entries_are_misses() {
+    let redis = support::RedisServer::start_owned();
+    let app = app(
+        &redis_env(redis.url()),
+        config(vec![rule(&["/items/{id}"])]),
+    );
+    get(&app, "/items/1").await;
+    assert_eq!(get(&app, "/items/1").await.x_cache(), "HIT");
+    let keys = redis.cli(&["KEYS", "*"]);
+    let mut corrupted = 0;
+    for k in keys
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.ends_with(":gen"))
+    {
+        redis.cli(&["SET", k, "not an entry"]);
+        corrupted += 1;
+    }
+    assert!(corrupted >= 1, "entry keys found: {keys}");
+    let r = get(&app, "/items/1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(app.calls.get("items"), 2);
+    assert_eq!(get(&app, "/items/1").await.x_cache(), "HIT", "refilled");
+    // A truncated real entry (valid magic, bad checksum) too.
+    for k in redis
+        .cli(&["KEYS", "*"])
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.ends_with(":gen"))
+    {
+        redis.cli(&["SETRANGE", k, "20", "xx"]);
+    }
+    assert_eq!(get(&app, "/items/1").await.x_cache(), "MISS");
+}
+
+/// Redis killed, then hung (SIGSTOP): no request fails, each costs at most about
+/// the timeout until the breaker opens, and hits resume once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_never_fails_a_request_and_recovers() {
+    let mut redis = support::RedisServer::start_owned();
+    let app = app(
+        &redis_env(redis.url()),
+        config(vec![rule(&["/items/{id}"])]),
+    );
+    get(&app, "/items/1").await;
+    assert_eq!(get(&app, "/items/1").await.x_cache(), "HIT");
+
+    for outage in ["kill", "pause"] {
+        if outage == "kill" {
+            redis.kill();
+        } else {
+            redis.pause();
+        }
+        let mut slow = 0;
+        for i in 0..30 {
+            let t = Instant::now();
+            let r = get(&app, &format!("/items/{i}")).await;
+            let took = t.elapsed();
+            assert_eq!(r.status, 200, "{outage}: request {i}");
+            assert!(r.text().starts_with(&format!("item {i} call")), "{outage}");
+            assert!(
+                took < Duration::from_millis(200 + 400),
+                "{outage}: request {i} took {took:?}, more than the timeout"
+            );
+            if took >= Duration::from_millis(100) {
+                slow += 1;
+            }
+            if i == 0 {
+                assert_eq!(r.outcome.unwrap().status, CacheStatus::Bypass);
+                assert!(
+                    r.cache_status().contains("detail=store-error"),
+                    "{}",
+                    r.cache_status()
+                );
+            }
+        }
+        // 30 quick requests fit in one breaker interval: one call waited.
+        assert!(slow <= 2, "{outage}: {slow} requests paid the timeout");
+        if outage == "kill" {
+            redis.restart();
+        } else {
+            redis.resume();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = get(&app, "/items/recovered").await;
+            assert_eq!(r.status, 200);
+            if r.x_cache() == "HIT" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{outage}: hits never resumed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Start the next round from an empty namespace.
+        redis.cli(&["FLUSHALL"]);
+    }
+}
+
+/// `lock = true`: two replicas, 40 concurrent misses on one key, one upstream call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_lock_makes_one_call_across_replicas() {
+    let redis = support::RedisServer::start();
+    let env = env_for(RedisConfig::single(redis.url()), |c| {
+        c.backend = CacheBackend::Redis;
+        c.lock = true;
+    });
+    let prefix = format!("lock-{}:", std::process::id());
+    let a = Arc::new(app_with(
+        env.layer_with_prefix(config(vec![rule(&["/slow"])]), &prefix),
+    ));
+    let b = Arc::new(app_with(
+        env.layer_with_prefix(config(vec![rule(&["/slow"])]), &prefix),
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { get(&app, "/slow").await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "slow 1");
+    }
+    assert_eq!(a.calls.get("slow") + b.calls.get("slow"), 1);
+}
+
+/// Invalidation and tag purges made on one replica are seen by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_is_fleet_wide() {
+    let redis = support::RedisServer::start();
+    let env = redis_env(redis.url());
+    let prefix = format!("fleet-{}:", std::process::id());
+    let cfg = || config(vec![rule(&["/items/{id}", "/tagged/{id}"])]);
+    let a = app_with(env.layer_with_prefix(cfg(), &prefix));
+    let b = app_with(env.layer_with_prefix(cfg(), &prefix));
+    get(&a, "/items/1").await;
+    get(&a, "/tagged/1").await;
+    // A hit on `a` means its (asynchronous) writes to Redis are done.
+    assert_eq!(get(&a, "/items/1").await.x_cache(), "HIT");
+    assert_eq!(get(&a, "/tagged/1").await.x_cache(), "HIT");
+    assert_eq!(get(&b, "/items/1").await.x_cache(), "HIT", "shared store");
+    assert_eq!(get(&b, "/tagged/1").await.x_cache(), "HIT");
+    send(&a, axum::http::Method::PUT, "/items/1", &[]).await;
+    assert_eq!(get(&b, "/items/1").await.x_cache(), "MISS");
+    a.layer.purge_tag("item-1").await.unwrap();
+    assert_eq!(get(&b, "/tagged/1").await.x_cache(), "MISS");
+    assert_eq!(app_calls(&a, &b, "items"), 2);
+    assert_eq!(app_calls(&a, &b, "tagged"), 2);
+}
+
+fn app_calls(a: &App, b: &App, label: &'static str) -> usize {
+    a.calls.get(label) + b.calls.get(label)
+}
