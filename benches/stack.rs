@@ -18,10 +18,10 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use axum::Router;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderName, HeaderValue, Request};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -57,7 +57,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 async fn call(router: &Router) {
     let res = router.clone().oneshot(request()).await.expect("infallible");
-    assert!(res.status().is_success(), "bench request failed: {}", res.status());
+    assert!(
+        res.status().is_success(),
+        "bench request failed: {}",
+        res.status()
+    );
     let _ = axum::body::to_bytes(res.into_body(), usize::MAX).await;
 }
 
@@ -112,11 +116,17 @@ fn anchor_trace() -> Router {
 }
 
 const HEADERS8: [(&str, &str); 8] = [
-    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
     ("permissions-policy", "geolocation=()"),

@@ -19,6 +19,9 @@
 //! | `GET /me` | needs a JWT; returns `{"sub": ...}` from the verified claims |
 //! | `GET /stream` | a slow chunked response: one line every 100 ms, 10 lines |
 //! | `/metrics`, `/health`, `/ready` | the operational routes |
+//!
+//! `cargo run --example production -- mint-jwt alice [scope ...]` prints a development
+//! JWT for `/me`, signed with `examples/keys/jwt-dev.key.pem` (never use that key for real).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +48,17 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("mint-jwt") {
+        println!(
+            "{}",
+            mint_dev_jwt(
+                args.get(1).map_or("alice", String::as_str),
+                &args[2.min(args.len())..]
+            )?
+        );
+        return Ok(());
+    }
     let config = match config_path() {
         Some(path) => Config::load_file(&path)?,
         None => Config::load()?,
@@ -102,6 +116,30 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     Ok(())
+}
+
+/// Signs a one-hour RS256 token with the development key in `examples/keys`, matching
+/// `[auth.jwt]` of `examples/production.toml`. Development only.
+fn mint_dev_jwt(sub: &str, scopes: &[String]) -> Result<String, Box<dyn std::error::Error>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = json!({
+        "sub": sub,
+        "iss": "palisade-dev",
+        "iat": now,
+        "exp": now + 3600,
+        "scope": scopes.join(" "),
+    });
+    let pem = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/keys/jwt-dev.key.pem"
+    ))?;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem)?,
+    )?)
 }
 
 /// `--config PATH` (or `--config=PATH`) from the command line.
