@@ -418,12 +418,16 @@ impl Backend {
     }
 }
 
+/// A connection manager and its generation (to discard exactly the one that
+/// timed out, not its replacement).
+type Slot = (u64, ConnectionManager);
+
 /// `pool_size` lazily created connection managers, picked round-robin.
 struct Single {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    /// `(generation, manager)`; `None` until first use or after a discard.
-    slots: Box<[RwLock<Option<(u64, ConnectionManager)>>]>,
+    /// `None` until first use or after a discard.
+    slots: Box<[RwLock<Option<Slot>>]>,
     next: AtomicUsize,
     generation: AtomicU64,
 }
@@ -605,6 +609,7 @@ impl Drop for Permit<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
