@@ -97,7 +97,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ScriptInvocation};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ScriptInvocation, Value};
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
@@ -213,9 +213,11 @@ impl RedisPool {
                     )
                 })?;
             Backend::Cluster(Cluster {
-                client,
-                conn: RwLock::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+                shared: Arc::new(ClusterShared {
+                    client,
+                    conn: RwLock::new(None),
+                    connecting: Arc::new(tokio::sync::Mutex::new(())),
+                }),
             })
         };
         let pool = Self {
@@ -290,6 +292,8 @@ impl RedisPool {
         op: &'static str,
         request: Request<'_>,
     ) -> Result<T, StoreError> {
+        // The transport part below is not generic over `T` (one copy of that
+        // code), and converting the reply stays outside the breaker's judgement.
         let inner = &*self.inner;
         let Some(permit) = inner.breaker.admit() else {
             count_error(op);
@@ -301,7 +305,12 @@ impl RedisPool {
         match result {
             Ok(Ok(value)) => {
                 permit.success();
-                Ok(value)
+                // A reply of an unexpected shape is the caller's problem, not
+                // Redis being down: it does not open the breaker.
+                T::from_redis_value(value).map_err(|e| {
+                    count_error(op);
+                    StoreError::Redis(format!("unexpected reply: {e}"))
+                })
             }
             Ok(Err(e)) => {
                 count_error(op);
@@ -364,10 +373,7 @@ enum Request<'a> {
 }
 
 impl Request<'_> {
-    async fn send<T: FromRedisValue, C: ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-    ) -> RedisResult<T> {
+    async fn send<C: ConnectionLike + Send>(&self, conn: &mut C) -> RedisResult<Value> {
         match self {
             Self::Cmd(cmd) => cmd.query_async(conn).await,
             Self::Pipeline(pipe) => pipe.query_async(conn).await,
@@ -381,11 +387,11 @@ impl Backend {
     /// Runs the request once (twice when a stale connection was refused before
     /// anything was sent). `used` records the single-server connection used, so a
     /// timeout can discard it.
-    async fn run<T: FromRedisValue>(
+    async fn run(
         &self,
         request: &Request<'_>,
         used: &mut Option<(usize, u64)>,
-    ) -> RedisResult<T> {
+    ) -> RedisResult<Value> {
         match self {
             Self::Single(single) => {
                 let index = single.next.fetch_add(1, Ordering::Relaxed) % single.slots.len();
@@ -404,13 +410,12 @@ impl Backend {
                 if let Request::Ping = request {
                     // One random node answers: cheap, and PING's default routing
                     // (every node) would make readiness depend on each replica.
-                    let value = conn
+                    return conn
                         .route_command(
                             redis::cmd("PING"),
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
                         )
-                        .await?;
-                    return T::from_redis_value(value).map_err(RedisError::from);
+                        .await;
                 }
                 request.send(&mut conn).await
             }
@@ -466,25 +471,44 @@ impl Single {
 /// One cluster connection (itself one multiplexed connection per node), made on
 /// first use and kept: redis-rs reconnects nodes and refreshes slots by itself.
 struct Cluster {
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
     client: ClusterClient,
     conn: RwLock<Option<ClusterConnection>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Held by the one task that is connecting.
+    connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Cluster {
     async fn connection(&self) -> RedisResult<ClusterConnection> {
-        if let Some(conn) = self.current() {
+        if let Some(conn) = self.shared.current() {
             return Ok(conn);
         }
-        let _guard = self.connecting.lock().await;
-        if let Some(conn) = self.current() {
+        let guard = self.shared.connecting.clone().lock_owned().await;
+        if let Some(conn) = self.shared.current() {
             return Ok(conn);
         }
-        let conn = self.client.get_async_connection().await?;
-        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
+        // Connecting to every node can take longer than one call's deadline: it
+        // runs in its own task, which finishes (and stores the connection for the
+        // next call) even when this caller stops waiting.
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let conn = shared.client.get_async_connection().await?;
+            *shared.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+            Ok(conn)
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(RedisError::from(std::io::Error::other(format!(
+                "cluster connection task failed: {e}"
+            ))))
+        })
     }
+}
 
+impl ClusterShared {
     fn current(&self) -> Option<ClusterConnection> {
         self.conn
             .read()

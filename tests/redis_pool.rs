@@ -86,7 +86,16 @@ async fn query_pipeline_script_and_ping_work() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, StoreError::Redis(m) if m.contains("WRONGTYPE")),
+        matches!(&err, StoreError::Redis(m) if m.contains("WRONGTYPE") && !m.contains("unexpected")),
+        "{err}"
+    );
+    // So does a reply of an unexpected type (a caller's mistake).
+    let err = pool
+        .query::<i64>("t", redis::cmd("SET").arg("{t}:x").arg("1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Redis(m) if m.contains("unexpected reply")),
         "{err}"
     );
     pool.ping().await.unwrap();
