@@ -144,6 +144,8 @@ struct Inner {
     breaker: Breaker,
 }
 
+// One per pool, inside its `Arc`: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Single(Single),
     Cluster(Cluster),
