@@ -18,10 +18,24 @@
 //! pool. With multiplexing, 500 concurrent calls on 2 connections cost 2 sockets
 //! and no waiting room; Redis itself is single-threaded per shard, so more sockets
 //! rarely add throughput. `pool_size` (default 4) spreads the reply parsing over a
-//! few tasks and limits the damage of one slow reply (head-of-line blocking); calls
-//! pick a connection round-robin. A Cluster uses redis-rs's cluster connection: one
-//! multiplexed connection per node, slot routing, `MOVED`/`ASK` redirects and
-//! topology refresh after a failover.
+//! few tasks (on a many-core host) and limits the damage of one large or slow
+//! reply (head-of-line blocking); calls pick a connection round-robin. A Cluster
+//! uses redis-rs's cluster connection: one multiplexed connection per node, slot
+//! routing, `MOVED`/`ASK` redirects and topology refresh after a failover.
+//!
+//! Measured (redis-rs 1.8.1 against deadpool-redis 0.23.1, `GET` of a 64-byte
+//! value from a local `redis-server` 7.0, 40 000 calls, 2-core machine shared with
+//! other builds, Tokio with 2 workers; rough numbers, the ratios are what matter):
+//!
+//! | concurrent callers | multiplexed ×1 | multiplexed ×4 | deadpool max 8 | deadpool max 32 |
+//! |---:|---:|---:|---:|---:|
+//! | 1   | 33 k/s, p99 59 µs  | 32 k/s, p99 59 µs   | 16 k/s, p99 110 µs | 14 k/s, p99 153 µs |
+//! | 50  | 119 k/s, p99 0.7 ms | 107 k/s, p99 0.9 ms | 20 k/s, p99 3.6 ms | 23 k/s, p99 3.2 ms |
+//! | 500 | 265 k/s, p99 3.3 ms | 209 k/s, p99 4.9 ms | 19 k/s, p99 37 ms  | 20 k/s, p99 35 ms  |
+//!
+//! Multiplexing wins by 2× alone and by 5–13× under concurrency: each
+//! exclusive-connection call pays a full round trip with nothing else on the
+//! socket, plus the pool's checkout and recycle.
 //!
 //! # Why a deadline on every call
 //!
