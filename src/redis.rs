@@ -18,10 +18,24 @@
 //! pool. With multiplexing, 500 concurrent calls on 2 connections cost 2 sockets
 //! and no waiting room; Redis itself is single-threaded per shard, so more sockets
 //! rarely add throughput. `pool_size` (default 4) spreads the reply parsing over a
-//! few tasks and limits the damage of one slow reply (head-of-line blocking); calls
-//! pick a connection round-robin. A Cluster uses redis-rs's cluster connection: one
-//! multiplexed connection per node, slot routing, `MOVED`/`ASK` redirects and
-//! topology refresh after a failover.
+//! few tasks (on a many-core host) and limits the damage of one large or slow
+//! reply (head-of-line blocking); calls pick a connection round-robin. A Cluster
+//! uses redis-rs's cluster connection: one multiplexed connection per node, slot
+//! routing, `MOVED`/`ASK` redirects and topology refresh after a failover.
+//!
+//! Measured (redis-rs 1.8.1 against deadpool-redis 0.23.1, `GET` of a 64-byte
+//! value from a local `redis-server` 7.0, 40 000 calls, 2-core machine shared with
+//! other builds, Tokio with 2 workers; rough numbers, the ratios are what matter):
+//!
+//! | concurrent callers | multiplexed ×1 | multiplexed ×4 | deadpool max 8 | deadpool max 32 |
+//! |---:|---:|---:|---:|---:|
+//! | 1   | 33 k/s, p99 59 µs  | 32 k/s, p99 59 µs   | 16 k/s, p99 110 µs | 14 k/s, p99 153 µs |
+//! | 50  | 119 k/s, p99 0.7 ms | 107 k/s, p99 0.9 ms | 20 k/s, p99 3.6 ms | 23 k/s, p99 3.2 ms |
+//! | 500 | 265 k/s, p99 3.3 ms | 209 k/s, p99 4.9 ms | 19 k/s, p99 37 ms  | 20 k/s, p99 35 ms  |
+//!
+//! Multiplexing wins by 2× alone and by 5–13× under concurrency: each
+//! exclusive-connection call pays a full round trip with nothing else on the
+//! socket, plus the pool's checkout and recycle.
 //!
 //! # Why a deadline on every call
 //!
@@ -97,7 +111,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ScriptInvocation};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, ScriptInvocation, Value};
 use tokio::time::Instant;
 
 use crate::config::RedisConfig;
@@ -144,6 +158,8 @@ struct Inner {
     breaker: Breaker,
 }
 
+// One per pool, inside its `Arc`: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Single(Single),
     Cluster(Cluster),
@@ -213,9 +229,11 @@ impl RedisPool {
                     )
                 })?;
             Backend::Cluster(Cluster {
-                client,
-                conn: RwLock::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+                shared: Arc::new(ClusterShared {
+                    client,
+                    conn: RwLock::new(None),
+                    connecting: Arc::new(tokio::sync::Mutex::new(())),
+                }),
             })
         };
         let pool = Self {
@@ -290,6 +308,8 @@ impl RedisPool {
         op: &'static str,
         request: Request<'_>,
     ) -> Result<T, StoreError> {
+        // The transport part below is not generic over `T` (one copy of that
+        // code), and converting the reply stays outside the breaker's judgement.
         let inner = &*self.inner;
         let Some(permit) = inner.breaker.admit() else {
             count_error(op);
@@ -301,7 +321,12 @@ impl RedisPool {
         match result {
             Ok(Ok(value)) => {
                 permit.success();
-                Ok(value)
+                // A reply of an unexpected shape is the caller's problem, not
+                // Redis being down: it does not open the breaker.
+                T::from_redis_value(value).map_err(|e| {
+                    count_error(op);
+                    StoreError::Redis(format!("unexpected reply: {e}"))
+                })
             }
             Ok(Err(e)) => {
                 count_error(op);
@@ -364,10 +389,7 @@ enum Request<'a> {
 }
 
 impl Request<'_> {
-    async fn send<T: FromRedisValue, C: ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-    ) -> RedisResult<T> {
+    async fn send<C: ConnectionLike + Send>(&self, conn: &mut C) -> RedisResult<Value> {
         match self {
             Self::Cmd(cmd) => cmd.query_async(conn).await,
             Self::Pipeline(pipe) => pipe.query_async(conn).await,
@@ -381,11 +403,11 @@ impl Backend {
     /// Runs the request once (twice when a stale connection was refused before
     /// anything was sent). `used` records the single-server connection used, so a
     /// timeout can discard it.
-    async fn run<T: FromRedisValue>(
+    async fn run(
         &self,
         request: &Request<'_>,
         used: &mut Option<(usize, u64)>,
-    ) -> RedisResult<T> {
+    ) -> RedisResult<Value> {
         match self {
             Self::Single(single) => {
                 let index = single.next.fetch_add(1, Ordering::Relaxed) % single.slots.len();
@@ -404,13 +426,12 @@ impl Backend {
                 if let Request::Ping = request {
                     // One random node answers: cheap, and PING's default routing
                     // (every node) would make readiness depend on each replica.
-                    let value = conn
+                    return conn
                         .route_command(
                             redis::cmd("PING"),
                             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
                         )
-                        .await?;
-                    return T::from_redis_value(value).map_err(RedisError::from);
+                        .await;
                 }
                 request.send(&mut conn).await
             }
@@ -418,14 +439,16 @@ impl Backend {
     }
 }
 
-/// One connection slot: `(generation, manager)`; `None` until first use or after a discard.
-type Slot = RwLock<Option<(u64, ConnectionManager)>>;
+/// A connection manager and its generation (to discard exactly the one that
+/// timed out, not its replacement).
+type Slot = (u64, ConnectionManager);
 
 /// `pool_size` lazily created connection managers, picked round-robin.
 struct Single {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    slots: Box<[Slot]>,
+    /// `None` until first use or after a discard.
+    slots: Box<[RwLock<Option<Slot>>]>,
     next: AtomicUsize,
     generation: AtomicU64,
 }
@@ -464,25 +487,44 @@ impl Single {
 /// One cluster connection (itself one multiplexed connection per node), made on
 /// first use and kept: redis-rs reconnects nodes and refreshes slots by itself.
 struct Cluster {
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
     client: ClusterClient,
     conn: RwLock<Option<ClusterConnection>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Held by the one task that is connecting.
+    connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Cluster {
     async fn connection(&self) -> RedisResult<ClusterConnection> {
-        if let Some(conn) = self.current() {
+        if let Some(conn) = self.shared.current() {
             return Ok(conn);
         }
-        let _guard = self.connecting.lock().await;
-        if let Some(conn) = self.current() {
+        let guard = self.shared.connecting.clone().lock_owned().await;
+        if let Some(conn) = self.shared.current() {
             return Ok(conn);
         }
-        let conn = self.client.get_async_connection().await?;
-        *self.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
+        // Connecting to every node can take longer than one call's deadline: it
+        // runs in its own task, which finishes (and stores the connection for the
+        // next call) even when this caller stops waiting.
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let conn = shared.client.get_async_connection().await?;
+            *shared.conn.write().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+            Ok(conn)
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(RedisError::from(std::io::Error::other(format!(
+                "cluster connection task failed: {e}"
+            ))))
+        })
     }
+}
 
+impl ClusterShared {
     fn current(&self) -> Option<ClusterConnection> {
         self.conn
             .read()
@@ -607,6 +649,7 @@ impl Drop for Permit<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

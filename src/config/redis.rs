@@ -223,6 +223,7 @@ fn check_url(errors: &mut ConfigError, key: &str, url: &str) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -164,10 +164,8 @@ fn wait_for_ping(port: u16, limit: Duration) {
         let out = Command::new("redis-cli")
             .args(["-p", &port.to_string(), "PING"])
             .output();
-        if let Ok(o) = out {
-            if String::from_utf8_lossy(&o.stdout).trim() == "PONG" {
-                return;
-            }
+        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG") {
+            return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
