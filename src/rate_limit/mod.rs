@@ -61,7 +61,7 @@
 //! # Example
 //!
 //! ```
-//! use axum::{Router, routing::get, extract::connect_info::MockConnectInfo};
+//! use axum::{Router, routing::get, extract::ConnectInfo};
 //! use palisade::config::RateLimitConfig;
 //! use palisade::rate_limit::RateLimitLayer;
 //! use palisade::stack::BuildContext;
@@ -79,9 +79,14 @@
 //! let stages = RateLimitLayer::from_config(&config, &BuildContext::default()).unwrap();
 //! let app = Router::new()
 //!     .route("/", get(|| async { "hi" }))
-//!     .layer(stages.before_auth.unwrap())
-//!     .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 7], 4000))));
-//! let get = || http::Request::get("/").body(axum::body::Body::empty()).unwrap();
+//!     .layer(stages.before_auth.unwrap());
+//! // `axum::serve(.., app.into_make_service_with_connect_info::<SocketAddr>())`
+//! // inserts the peer address; here we do it by hand.
+//! let get = || {
+//!     let mut req = http::Request::get("/").body(axum::body::Body::empty()).unwrap();
+//!     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 4000))));
+//!     req
+//! };
 //! let res = app.clone().oneshot(get()).await.unwrap();
 //! assert_eq!(res.headers()["ratelimit"], "\"per-ip\";r=1;t=30");
 //! assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), 200);
@@ -518,6 +523,7 @@ impl Stage {
             ..Verdict::default()
         };
         let mut retry_ns = 0;
+        let mut decisions = Vec::with_capacity(items.len());
         for &(i, value) in items {
             let p = &self.policies[i];
             let key = MemKey {
@@ -533,20 +539,25 @@ impl Stage {
                     retry_ns = retry_ns.max(d.retry);
                 }
             }
-            v.entries.push(entry(i, d, p.q_ns, NANOS));
+            decisions.push(d);
         }
         if v.limited {
-            for (e, &(i, value)) in v.entries.iter().zip(items) {
-                if e.allowed {
+            for (d, &(i, value)) in decisions.iter_mut().zip(items) {
+                if d.allowed {
                     let p = &self.policies[i];
                     let key = MemKey {
                         policy: p.index,
                         value,
                     };
                     shared.memory.refund(key, p.q_ns, p.cost);
+                    // Report the quota as it is after the refund.
+                    d.used_after = d.used_after.saturating_sub(p.q_ns.interval * p.cost);
                 }
             }
             v.retry_s = gcra::ceil_secs(retry_ns, NANOS).max(1);
+        }
+        for (d, &(i, _)) in decisions.iter().zip(items) {
+            v.entries.push(entry(i, *d, self.policies[i].q_ns, NANOS));
         }
         v
     }
