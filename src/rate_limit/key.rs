@@ -109,7 +109,7 @@ pub(crate) struct KeyValue {
 impl KeyValue {
     /// The Redis hash tag shared by every policy's key for this value, so all the
     /// keys one request touches for one client land in one Cluster slot.
-    #[cfg(all(feature = "redis", any()))]
+    #[cfg(feature = "redis")]
     pub(crate) fn redis_tag(&self) -> String {
         format!("{{palisade:rl:{}:{:032x}}}", self.tag, self.value)
     }

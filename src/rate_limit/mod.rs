@@ -127,7 +127,7 @@ use crate::stack::BuildContext;
 mod gcra;
 mod key;
 mod memory;
-#[cfg(all(feature = "redis", any()))]
+#[cfg(feature = "redis")]
 mod redis;
 
 use gcra::Quota;
@@ -174,7 +174,7 @@ struct Policy {
     cost: u64,
     shadow: bool,
     q_ns: Quota,
-    #[cfg_attr(not(all(feature = "redis", any())), allow(dead_code))]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     q_us: Quota,
     /// `"name";q=..;w=..`, the policy's `RateLimit-Policy` item.
     policy_item: String,
@@ -185,9 +185,9 @@ struct Policy {
 #[derive(Debug)]
 struct Shared {
     memory: MemoryStore,
-    #[cfg(all(feature = "redis", any()))]
+    #[cfg(feature = "redis")]
     redis: Option<redis::RedisBackend>,
-    #[cfg_attr(not(all(feature = "redis", any())), allow(dead_code))]
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     on_store_error: OnStoreError,
     epoch: tokio::time::Instant,
     headers: RateLimitHeaders,
@@ -278,7 +278,7 @@ impl RateLimitLayer {
                 }
             }
         }
-        #[cfg(all(feature = "redis", any()))]
+        #[cfg(feature = "redis")]
         let redis = match config.backend {
             RateLimitBackend::Redis => match &ctx.redis {
                 Some(pool) => Some(redis::RedisBackend::new(pool.clone())),
@@ -292,7 +292,7 @@ impl RateLimitLayer {
             },
             _ => None,
         };
-        #[cfg(not(all(feature = "redis", any())))]
+        #[cfg(not(feature = "redis"))]
         if config.backend == RateLimitBackend::Redis {
             errors.push(
                 "rate_limit.backend",
@@ -305,7 +305,7 @@ impl RateLimitLayer {
         }
         let shared = Arc::new(Shared {
             memory: MemoryStore::new(config.max_keys),
-            #[cfg(all(feature = "redis", any()))]
+            #[cfg(feature = "redis")]
             redis,
             on_store_error: config.on_store_error,
             epoch: tokio::time::Instant::now(),
@@ -749,7 +749,7 @@ where
             return Box::pin(fut);
         }
         let stage = self.stage.clone();
-        #[cfg(all(feature = "redis", any()))]
+        #[cfg(feature = "redis")]
         if stage.shared.redis.is_some() {
             return Box::pin(async move {
                 let v = match stage.decide_redis(&items).await {
