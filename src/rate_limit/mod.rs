@@ -130,6 +130,14 @@ mod memory;
 #[cfg(feature = "redis")]
 mod redis;
 
+/// The Lua script the Redis backend runs (by `EVALSHA`) for every decision, for
+/// review or to benchmark against. `KEYS`: one per policy; `ARGV`: for each policy
+/// the emission interval and burst tolerance (µs), the cost, and 1 for `enforce`.
+/// Returns `{limited, used_1, ..}`, each `used` being how far the key's TAT lay
+/// ahead of the server's `TIME` before the decision.
+#[cfg(feature = "redis")]
+pub const REDIS_GCRA_SCRIPT: &str = redis::GCRA_SCRIPT;
+
 use gcra::Quota;
 use key::{KeySpec, KeyValue};
 use memory::{MemKey, MemoryStore};
