@@ -10,7 +10,7 @@
 //!   decision (throughput = 64 tasks / that), and a summary line prints decisions/s
 //!   and p99 for both.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::convert::Infallible;
 use std::future::Future;

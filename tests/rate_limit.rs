@@ -1,5 +1,6 @@
 //! Whole-layer tests of the in-memory rate limiter (paused tokio time: no timing
 //! assertions, every sequence is exact).
+#![allow(clippy::unwrap_used)]
 #![cfg(feature = "rate-limit")]
 
 use std::convert::Infallible;

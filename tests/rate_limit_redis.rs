@@ -1,6 +1,7 @@
 //! The Redis backend against real `redis-server` processes (and a 3-master Cluster):
 //! two independent stacks ("replicas") share one quota exactly, SCRIPT FLUSH and
 //! restarts are survived, and each `on_store_error` mode answers within the timeout.
+#![allow(clippy::unwrap_used)]
 #![cfg(all(feature = "rate-limit", feature = "redis"))]
 
 mod support;

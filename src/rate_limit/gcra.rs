@@ -79,6 +79,7 @@ pub(crate) fn ceil_secs(ticks: u64, ticks_per_sec: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

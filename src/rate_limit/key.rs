@@ -139,6 +139,7 @@ fn digest(bytes: &[u8]) -> u128 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -496,12 +496,14 @@ impl Stage {
                 return Vec::new();
             }
         }
-        if self.after_auth && !shared.allow_ids.is_empty() {
-            if let Some(id) = req.extensions().get::<Identity>() {
-                if shared.allow_ids.contains(&id.id) {
-                    return Vec::new();
-                }
-            }
+        if self.after_auth
+            && !shared.allow_ids.is_empty()
+            && req
+                .extensions()
+                .get::<Identity>()
+                .is_some_and(|id| shared.allow_ids.contains(&id.id))
+        {
+            return Vec::new();
         }
         let mut out = Vec::new();
         for (i, p) in self.policies.iter().enumerate() {

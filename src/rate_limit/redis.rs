@@ -268,7 +268,7 @@ impl Stage {
         items: &[(usize, KeyValue)],
     ) -> Result<(Vec<bool>, Vec<u64>), StoreError> {
         let groups = group_by_value(items);
-        let runs: Vec<BoxRun<'_, Result<(bool, Vec<u64>), StoreError>>> = groups
+        let runs: Vec<BoxRun<'_, ScriptResult>> = groups
             .iter()
             .map(|(_, g)| Box::pin(backend.run(self, g)) as BoxRun<'_, _>)
             .collect();
@@ -286,6 +286,9 @@ impl Stage {
         Ok((limited, used))
     }
 }
+
+/// What one script call returns: whether it refused, and `used` per key.
+type ScriptResult = Result<(bool, Vec<u64>), StoreError>;
 
 type BoxRun<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
