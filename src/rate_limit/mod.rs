@@ -52,11 +52,50 @@
 //!
 //! # Keys
 //!
-//! `ip` is the trusted client IP from [`client_info`](crate::client_ip::client_info)
+//! `ip` is the trusted client IP from [`client_info`]
 //! (forwarding headers count only from trusted proxies), IPv6 grouped by
 //! `ipv6_prefix` (/64 by default: one host owns at least a /64 and could otherwise
 //! rotate through 2^64 addresses). Header values and identity ids are reduced to a
 //! 128-bit BLAKE3 digest: fixed-size memory per key, and never a secret in Redis.
+//!
+//! A request with no value for a policy's key (no identity, header absent) is
+//! counted under the policy's `fallback` key if one is set, otherwise not by that
+//! policy. `allow` lists CIDRs (both stages skip them) and `identity:<id>` entries
+//! (the after-auth stage skips them; IP policies before auth still apply, since
+//! the identity is not known yet there).
+//!
+//! # Memory: bounded, with no chore
+//!
+//! State is one 16-byte cell per (policy, key value) in a [`dashmap`] owned by the
+//! layer's `Arc`, shared by every clone of the service and by both stages. When
+//! `max_keys` is reached, a new key first triggers a sweep that drops every key
+//! back at full quota (forgetting those changes no decision), then, if that is not
+//! enough, the least recently seen keys, down to 90 % of the cap, so sweeps are at
+//! least `max_keys / 10` inserts apart (amortised O(1)). A background task (stopped
+//! by [`BuildContext::shutdown`]) also drops full keys every minute. Evicting a key
+//! that is still limited forgets its debt: under a flood of distinct keys the cap
+//! wins over exactness, which is why IPv6 is grouped and the cap should exceed your
+//! number of concurrently active clients.
+//!
+//! # Redis
+//!
+//! `backend = "redis"` decides every policy of a request in **one** `EVALSHA` of a
+//! GCRA script (`REDIS_GCRA_SCRIPT`, with the `redis` feature) on the server's clock, with self-expiring,
+//! hash-tagged keys that never contain a secret; see the `redis` submodule notes in
+//! the source for the Cluster layout. When Redis errors, times out (`[redis]
+//! timeout_ms`) or its circuit breaker is open, `on_store_error` decides:
+//!
+//! | value | effect |
+//! |---|---|
+//! | `local` (default) | this replica's in-memory limiter decides (each replica then allows the full quota) |
+//! | `allow` | the request passes, unlimited, without quota headers |
+//! | `deny` | `503` problem+json with `Retry-After: 1` |
+//!
+//! `local` is the default because it keeps every client limited (at most N times
+//! the quota with N replicas) without making Redis a single point of failure.
+//! Store errors are logged at most once per 10 s (with the count suppressed) and
+//! counted by the pool's `palisade_redis_errors_total{op="rate_limit"}`. Recovery
+//! needs nothing: the pool reconnects and `NOSCRIPT` reloads the script.
 //!
 //! # Example
 //!
