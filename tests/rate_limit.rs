@@ -580,3 +580,34 @@ fn no_policies_means_disabled() {
     let s = stages("");
     assert!(s.before_auth.is_none() && s.after_auth.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn whole_stack_from_config() {
+    let config: palisade::Config = toml::from_str(
+        r#"
+        [client_ip]
+        trusted_proxies = ["10.0.0.0/8"]
+        [[rate_limit.policies]]
+        name = "per-ip"
+        limit = 1
+        period_s = 10
+        "#,
+    )
+    .unwrap();
+    let palisade = palisade::Palisade::from_config(config).await.unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(palisade.layer());
+    let via_proxy = |client: &str| {
+        let mut r = req_from("10.0.0.1");
+        r.headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+        r
+    };
+    assert_eq!(send(&app, via_proxy("203.0.113.1")).await.status(), 200);
+    let res = send(&app, via_proxy("203.0.113.1")).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(header(&res, "retry-after"), "10");
+    assert_eq!(send(&app, via_proxy("203.0.113.2")).await.status(), 200);
+    palisade.shutdown();
+}

@@ -242,7 +242,64 @@ async fn redis_frozen_each_mode_within_timeout() {
 }
 
 #[tokio::test]
+async fn memory_and_redis_backends_agree() {
+    let server = support::RedisServer::start_owned();
+    let policies = r#"
+        [[policies]]
+        name = "burst"
+        limit = 3
+        period_s = 600
+        [[policies]]
+        name = "cost"
+        limit = 10
+        period_s = 1000
+        cost = 2
+    "#;
+    let redis = replica(
+        RedisConfig::single(server.url()),
+        &format!("backend = \"redis\"\n{policies}"),
+    );
+    let memory = replica(RedisConfig::default(), policies);
+    for i in 0..8 {
+        let a = send(&memory, req_from("192.0.2.1")).await;
+        let b = send(&redis, req_from("192.0.2.1")).await;
+        assert_eq!(a.status(), b.status(), "request {i}");
+        for h in ["ratelimit", "ratelimit-policy", "retry-after"] {
+            assert_eq!(header(&a, h), header(&b, h), "request {i}, {h}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn cluster_two_replicas_share_one_quota_exactly() {
     let cluster = support::RedisCluster::start();
     two_replicas_share_one_quota(RedisConfig::cluster(cluster.urls())).await;
+}
+
+#[tokio::test]
+async fn cluster_script_flush_is_survived() {
+    let cluster = support::RedisCluster::start();
+    let app = replica(
+        RedisConfig::cluster(cluster.urls()),
+        r#"
+        backend = "redis"
+        on_store_error = "deny"
+        [[policies]]
+        name = "per-ip"
+        limit = 3
+        period_s = 600
+        [[policies]]
+        name = "global"
+        key = "global"
+        limit = 1000
+        period_s = 36000
+        "#,
+    );
+    assert_eq!(send(&app, req_from("192.0.2.1")).await.status(), 200);
+    for reply in cluster.cli_on_masters(&["SCRIPT", "FLUSH"]) {
+        assert_eq!(reply, "OK");
+    }
+    let res = send(&app, req_from("192.0.2.1")).await;
+    assert_eq!(res.status(), 200);
+    assert!(header(&res, "ratelimit").starts_with("\"per-ip\";r=1;t=200, \"global\";r=998;"));
 }
