@@ -1,11 +1,11 @@
 //! What a policy counts: the key kinds and how a request's key value is derived.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use http::HeaderName;
 
-use crate::client_ip::client_info;
+use crate::client_ip::{ClientInfo, client_info};
 use crate::identity::{Identity, IdentityKind};
 
 /// A policy's key kind, parsed from `key = "..."`.
@@ -66,7 +66,7 @@ impl KeySpec {
     pub(crate) fn extract(&self, req: &Request, ipv6_prefix: u8) -> Option<KeyValue> {
         let value = match self {
             KeySpec::Ip => {
-                let (tag, value) = ip_bits(client_info(req).ip, ipv6_prefix);
+                let (tag, value) = ip_bits(client_ip(req), ipv6_prefix);
                 return Some(KeyValue { tag, value });
             }
             KeySpec::Global => 0,
@@ -94,6 +94,19 @@ impl KeySpec {
             tag: self.tag(),
             value,
         })
+    }
+}
+
+/// The trusted client IP: what [`client_info`] returns, without building a
+/// `ClientInfo` when the client-ip layer already did, or when only the peer is known.
+#[inline]
+pub(crate) fn client_ip(req: &Request) -> IpAddr {
+    if let Some(info) = req.extensions().get::<ClientInfo>() {
+        return info.ip;
+    }
+    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => peer.ip().to_canonical(),
+        None => client_info(req).ip,
     }
 }
 

@@ -52,7 +52,7 @@
 //!
 //! # Keys
 //!
-//! `ip` is the trusted client IP from [`client_info`]
+//! `ip` is the trusted client IP from [`client_info`](crate::client_ip::client_info)
 //! (forwarding headers count only from trusted proxies), IPv6 grouped by
 //! `ipv6_prefix` (/64 by default: one host owns at least a /64 and could otherwise
 //! rotate through 2^64 addresses). Header values and identity ids are reduced to a
@@ -137,7 +137,6 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -151,7 +150,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
-use crate::client_ip::client_info;
 use crate::config::RateLimitConfig;
 use crate::config::rate_limit::{
     OnStoreError, PolicyConfig, PolicyMode, RateLimitBackend, RateLimitHeaders,
@@ -268,6 +266,8 @@ pub struct RateLimitLayer {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     policy: usize,
+    /// How far the TAT lies ahead after the decision, in the backend's ticks.
+    used_after: u64,
     allowed: bool,
     remaining: u64,
     reset_s: u64,
@@ -530,7 +530,7 @@ impl Stage {
     fn applicable(&self, req: &Request) -> Vec<(usize, KeyValue)> {
         let shared = &*self.shared;
         if !shared.allow_nets.is_empty() {
-            let ip = client_info(req).ip.to_canonical();
+            let ip = key::client_ip(req).to_canonical();
             if shared.allow_nets.iter().any(|n| n.contains(&ip)) {
                 return Vec::new();
             }
@@ -572,7 +572,6 @@ impl Stage {
             ..Verdict::default()
         };
         let mut retry_ns = 0;
-        let mut decisions = Vec::with_capacity(items.len());
         for &(i, value) in items {
             let p = &self.policies[i];
             let key = MemKey {
@@ -588,11 +587,11 @@ impl Stage {
                     retry_ns = retry_ns.max(d.retry);
                 }
             }
-            decisions.push(d);
+            v.entries.push(entry(i, d, p.q_ns, NANOS));
         }
         if v.limited {
-            for (d, &(i, value)) in decisions.iter_mut().zip(items) {
-                if d.allowed {
+            for (e, &(i, value)) in v.entries.iter_mut().zip(items) {
+                if e.allowed {
                     let p = &self.policies[i];
                     let key = MemKey {
                         policy: p.index,
@@ -600,13 +599,16 @@ impl Stage {
                     };
                     shared.memory.refund(key, p.q_ns, p.cost);
                     // Report the quota as it is after the refund.
+                    let mut d = gcra::Decision {
+                        allowed: true,
+                        used_after: e.used_after,
+                        retry: 0,
+                    };
                     d.used_after = d.used_after.saturating_sub(p.q_ns.interval * p.cost);
+                    *e = entry(i, d, p.q_ns, NANOS);
                 }
             }
             v.retry_s = gcra::ceil_secs(retry_ns, NANOS).max(1);
-        }
-        for (d, &(i, _)) in decisions.iter().zip(items) {
-            v.entries.push(entry(i, *d, self.policies[i].q_ns, NANOS));
         }
         v
     }
@@ -676,16 +678,23 @@ impl Stage {
     }
 
     fn ietf_headers(&self, headers: &mut HeaderMap, v: &Verdict) {
-        let mut state = String::with_capacity(24 * v.entries.len());
+        let len = v
+            .entries
+            .iter()
+            .map(|e| self.policies[e.policy].name.len() + 32)
+            .sum();
+        let mut state = String::with_capacity(len);
         for (n, e) in v.entries.iter().enumerate() {
             if n > 0 {
                 state.push_str(", ");
             }
-            let _ = write!(
-                state,
-                "\"{}\";r={};t={}",
-                self.policies[e.policy].name, e.remaining, e.reset_s
-            );
+            let p = &self.policies[e.policy];
+            state.push('"');
+            state.push_str(&p.name);
+            state.push_str("\";r=");
+            push_u64(&mut state, e.remaining);
+            state.push_str(";t=");
+            push_u64(&mut state, e.reset_s);
         }
         let policy = if v.entries.len() == 1 {
             self.policies[v.entries[0].policy].policy_value.clone()
@@ -731,6 +740,23 @@ impl Stage {
     }
 }
 
+/// Appends the decimal digits of `n` (cheaper than `fmt` on this hot path).
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        s.push(char::from(b));
+    }
+}
+
 /// Sets a structured-field list header, or appends our items to the list an inner
 /// stage already wrote (one field line, so `headers.get` sees every policy).
 fn append_item(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
@@ -753,6 +779,7 @@ fn append_item(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
 fn entry(i: usize, d: gcra::Decision, q: Quota, per_sec: u64) -> Entry {
     Entry {
         policy: i,
+        used_after: d.used_after,
         allowed: d.allowed,
         remaining: gcra::remaining(d.used_after, q),
         reset_s: gcra::ceil_secs(gcra::next_unit(d.used_after, q), per_sec),
@@ -783,45 +810,116 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let items = self.stage.applicable(&req);
         if items.is_empty() {
-            let fut = inner.call(req);
-            return Box::pin(fut);
+            return ResponseFuture {
+                state: State::Inner {
+                    fut: self.inner.call(req),
+                    finish: None,
+                },
+            };
         }
-        let stage = self.stage.clone();
         #[cfg(feature = "redis")]
-        if stage.shared.redis.is_some() {
-            return Box::pin(async move {
-                let v = match stage.decide_redis(&items).await {
-                    Ok(v) => v,
-                    Err(res) => return Ok(*res),
-                };
-                if v.limited {
-                    return Ok(stage.reject(&v));
-                }
-                let mut res = inner.call(req).await?;
-                stage.finish(&mut res, &v);
-                Ok(res)
-            });
+        if self.stage.shared.redis.is_some() {
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let stage = self.stage.clone();
+            return ResponseFuture {
+                state: State::Boxed {
+                    fut: Box::pin(async move {
+                        let v = match stage.decide_redis(&items).await {
+                            Ok(v) => v,
+                            Err(res) => return Ok(*res),
+                        };
+                        if v.limited {
+                            return Ok(stage.reject(&v));
+                        }
+                        let mut res = inner.call(req).await?;
+                        stage.finish(&mut res, &v);
+                        Ok(res)
+                    }),
+                },
+            };
         }
-        let v = stage.decide_memory(&items);
+        // In memory the decision is synchronous: no task, no box, no clone of `inner`.
+        let v = self.stage.decide_memory(&items);
         if v.limited {
-            let res = stage.reject(&v);
-            return Box::pin(std::future::ready(Ok(res)));
+            return ResponseFuture {
+                state: State::Ready {
+                    res: Some(self.stage.reject(&v)),
+                },
+            };
         }
-        Box::pin(async move {
-            let mut res = inner.call(req).await?;
-            stage.finish(&mut res, &v);
-            Ok(res)
-        })
+        ResponseFuture {
+            state: State::Inner {
+                fut: self.inner.call(req),
+                finish: Some((self.stage.clone(), v)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`RateLimit`]: no allocation for in-memory decisions.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // A rejection decided synchronously.
+        Ready {
+            res: Option<Response>,
+        },
+        // The inner service's future; headers added when it completes.
+        Inner {
+            #[pin]
+            fut: F,
+            finish: Option<(Arc<Stage>, Verdict)>,
+        },
+        // A Redis decision, then the inner service.
+        Boxed {
+            fut: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+        },
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+            StateProj::Inner { fut, finish } => {
+                let mut res = std::task::ready!(fut.poll(cx))?;
+                if let Some((stage, v)) = finish.take() {
+                    stage.finish(&mut res, &v);
+                }
+                Poll::Ready(Ok(res))
+            }
+            StateProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
     }
 }
