@@ -266,6 +266,8 @@ pub struct RateLimitLayer {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     policy: usize,
+    /// The request's value for the policy's key.
+    value: KeyValue,
     /// How far the TAT lies ahead after the decision, in the backend's ticks.
     used_after: u64,
     allowed: bool,
@@ -527,7 +529,7 @@ fn spawn_cleanup(shared: &Arc<Shared>, ctx: &BuildContext) {
 impl Stage {
     /// The policies that apply to this request, with the request's key value for
     /// each. Empty when the client is allow-listed.
-    fn applicable(&self, req: &Request) -> Vec<(usize, KeyValue)> {
+    fn applicable(&self, req: &Request) -> Vec<Entry> {
         let shared = &*self.shared;
         if !shared.allow_nets.is_empty() {
             let ip = key::client_ip(req).to_canonical();
@@ -557,26 +559,31 @@ impl Stage {
                 if out.capacity() == 0 {
                     out.reserve_exact(self.policies.len() - i);
                 }
-                out.push((i, v));
+                out.push(Entry {
+                    policy: i,
+                    value: v,
+                    used_after: 0,
+                    allowed: true,
+                    remaining: 0,
+                    reset_s: 0,
+                });
             }
         }
         out
     }
 
-    /// Decides with the in-memory store (all-or-nothing across the policies).
-    fn decide_memory(&self, items: &[(usize, KeyValue)]) -> Verdict {
+    /// Decides with the in-memory store (all-or-nothing across the policies),
+    /// filling in the entries `applicable` made.
+    fn decide_memory(&self, mut entries: Vec<Entry>) -> Verdict {
         let shared = &*self.shared;
         let now = shared.now_ns();
-        let mut v = Verdict {
-            entries: Vec::with_capacity(items.len()),
-            ..Verdict::default()
-        };
+        let mut v = Verdict::default();
         let mut retry_ns = 0;
-        for &(i, value) in items {
-            let p = &self.policies[i];
+        for e in &mut entries {
+            let p = &self.policies[e.policy];
             let key = MemKey {
                 policy: p.index,
-                value,
+                value: e.value,
             };
             let d = shared.memory.check(key, p.q_ns, p.cost, now);
             if !d.allowed {
@@ -587,29 +594,27 @@ impl Stage {
                     retry_ns = retry_ns.max(d.retry);
                 }
             }
-            v.entries.push(entry(i, d, p.q_ns, NANOS));
+            e.fill(d, p.q_ns, NANOS);
         }
         if v.limited {
-            for (e, &(i, value)) in v.entries.iter_mut().zip(items) {
-                if e.allowed {
-                    let p = &self.policies[i];
-                    let key = MemKey {
-                        policy: p.index,
-                        value,
-                    };
-                    shared.memory.refund(key, p.q_ns, p.cost);
-                    // Report the quota as it is after the refund.
-                    let mut d = gcra::Decision {
-                        allowed: true,
-                        used_after: e.used_after,
-                        retry: 0,
-                    };
-                    d.used_after = d.used_after.saturating_sub(p.q_ns.interval * p.cost);
-                    *e = entry(i, d, p.q_ns, NANOS);
-                }
+            for e in entries.iter_mut().filter(|e| e.allowed) {
+                let p = &self.policies[e.policy];
+                let key = MemKey {
+                    policy: p.index,
+                    value: e.value,
+                };
+                shared.memory.refund(key, p.q_ns, p.cost);
+                // Report the quota as it is after the refund.
+                let d = gcra::Decision {
+                    allowed: true,
+                    used_after: e.used_after.saturating_sub(p.q_ns.interval * p.cost),
+                    retry: 0,
+                };
+                e.fill(d, p.q_ns, NANOS);
             }
             v.retry_s = gcra::ceil_secs(retry_ns, NANOS).max(1);
         }
+        v.entries = entries;
         v
     }
 
@@ -776,13 +781,14 @@ fn append_item(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
     }
 }
 
-fn entry(i: usize, d: gcra::Decision, q: Quota, per_sec: u64) -> Entry {
-    Entry {
-        policy: i,
-        used_after: d.used_after,
-        allowed: d.allowed,
-        remaining: gcra::remaining(d.used_after, q),
-        reset_s: gcra::ceil_secs(gcra::next_unit(d.used_after, q), per_sec),
+impl Entry {
+    /// Records a decision made with quota `q` in ticks of `1 / per_sec` seconds.
+    #[inline]
+    fn fill(&mut self, d: gcra::Decision, q: Quota, per_sec: u64) {
+        self.used_after = d.used_after;
+        self.allowed = d.allowed;
+        self.remaining = gcra::remaining(d.used_after, q);
+        self.reset_s = gcra::ceil_secs(gcra::next_unit(d.used_after, q), per_sec);
     }
 }
 
@@ -834,7 +840,7 @@ where
             return ResponseFuture {
                 state: State::Boxed {
                     fut: Box::pin(async move {
-                        let v = match stage.decide_redis(&items).await {
+                        let v = match stage.decide_redis(items).await {
                             Ok(v) => v,
                             Err(res) => return Ok(*res),
                         };
@@ -849,7 +855,7 @@ where
             };
         }
         // In memory the decision is synchronous: no task, no box, no clone of `inner`.
-        let v = self.stage.decide_memory(&items);
+        let v = self.stage.decide_memory(items);
         if v.limited {
             return ResponseFuture {
                 state: State::Ready {

@@ -30,7 +30,7 @@ use http::{HeaderValue, StatusCode};
 
 use super::gcra::{self, Decision};
 use super::key::KeyValue;
-use super::{MICROS, Stage, Verdict, entry};
+use super::{Entry, MICROS, Stage, Verdict};
 use crate::config::rate_limit::OnStoreError;
 use crate::problem::Problem;
 use crate::redis::{RedisPool, StoreError};
@@ -181,12 +181,14 @@ impl Stage {
     /// 503 of `deny`).
     pub(super) async fn decide_redis(
         &self,
-        items: &[(usize, KeyValue)],
+        mut entries: Vec<Entry>,
     ) -> Result<Verdict, Box<Response>> {
         let shared = &*self.shared;
         let Some(backend) = shared.redis.as_ref() else {
-            return Ok(self.decide_memory(items));
+            return Ok(self.decide_memory(entries));
         };
+        let items: Vec<(usize, KeyValue)> = entries.iter().map(|e| (e.policy, e.value)).collect();
+        let items = &items[..];
         let result = if backend.pool.is_cluster() {
             self.run_grouped(backend, items).await
         } else {
@@ -198,7 +200,7 @@ impl Stage {
                 let now_ms = shared.now_ns() / 1_000_000;
                 backend.log_error(now_ms, &e, shared.on_store_error);
                 return match shared.on_store_error {
-                    OnStoreError::Local => Ok(self.decide_memory(items)),
+                    OnStoreError::Local => Ok(self.decide_memory(entries)),
                     OnStoreError::Allow => Ok(Verdict::default()),
                     _ => Err(Box::new(
                         Problem::new(StatusCode::SERVICE_UNAVAILABLE)
@@ -210,10 +212,7 @@ impl Stage {
                 };
             }
         };
-        let mut v = Verdict {
-            entries: Vec::with_capacity(items.len()),
-            ..Verdict::default()
-        };
+        let mut v = Verdict::default();
         let mut retry_us = 0;
         let mut decisions: Vec<Decision> = Vec::with_capacity(items.len());
         for (k, &(i, _)) in items.iter().enumerate() {
@@ -249,15 +248,16 @@ impl Stage {
                 let _ = join_all(runs).await;
             }
         }
-        for (k, &(i, _)) in items.iter().enumerate() {
-            let p = &self.policies[i];
+        for (k, e) in entries.iter_mut().enumerate() {
+            let p = &self.policies[e.policy];
             let mut d = decisions[k];
             if v.limited {
                 // Nothing this request took is kept: report the state before it.
                 d.used_after = used[k];
             }
-            v.entries.push(entry(i, d, p.q_us, MICROS));
+            e.fill(d, p.q_us, MICROS);
         }
+        v.entries = entries;
         Ok(v)
     }
 
