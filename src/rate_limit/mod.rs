@@ -683,11 +683,16 @@ impl Stage {
     }
 
     fn ietf_headers(&self, headers: &mut HeaderMap, v: &Verdict) {
+        // Exact length: a `String` whose capacity equals its length becomes the
+        // header's bytes without another allocation.
         let len = v
             .entries
             .iter()
-            .map(|e| self.policies[e.policy].name.len() + 32)
-            .sum();
+            .map(|e| {
+                self.policies[e.policy].name.len() + 8 + digits(e.remaining) + digits(e.reset_s)
+            })
+            .sum::<usize>()
+            + 2 * (v.entries.len() - 1);
         let mut state = String::with_capacity(len);
         for (n, e) in v.entries.iter().enumerate() {
             if n > 0 {
@@ -717,6 +722,7 @@ impl Stage {
             }
         };
         append_item(headers, &RATELIMIT_POLICY, policy);
+        debug_assert_eq!(state.len(), len);
         if let Ok(state) = HeaderValue::try_from(state) {
             append_item(headers, &RATELIMIT, state);
         }
@@ -745,6 +751,11 @@ impl Stage {
     }
 }
 
+/// Number of decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// Appends the decimal digits of `n` (cheaper than `fmt` on this hot path).
 fn push_u64(s: &mut String, mut n: u64) {
     let mut buf = [0u8; 20];
@@ -765,17 +776,18 @@ fn push_u64(s: &mut String, mut n: u64) {
 /// Sets a structured-field list header, or appends our items to the list an inner
 /// stage already wrote (one field line, so `headers.get` sees every policy).
 fn append_item(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    match headers.get(name) {
-        None => {
-            headers.insert(name.clone(), value);
+    match headers.entry(name) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(value);
         }
-        Some(existing) => {
+        http::header::Entry::Occupied(mut slot) => {
+            let existing = slot.get();
             let mut joined = Vec::with_capacity(existing.len() + 2 + value.len());
             joined.extend_from_slice(existing.as_bytes());
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(value.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                headers.insert(name.clone(), v);
+                slot.insert(v);
             }
         }
     }
