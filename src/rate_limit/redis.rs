@@ -199,6 +199,7 @@ impl Stage {
             Err(e) => {
                 let now_ms = shared.now_ns() / 1_000_000;
                 backend.log_error(now_ms, &e, shared.on_store_error);
+                count_degraded(shared.on_store_error);
                 return match shared.on_store_error {
                     OnStoreError::Local => Ok(self.decide_memory(entries)),
                     OnStoreError::Allow => Ok(Verdict::default()),
@@ -289,6 +290,21 @@ impl Stage {
 
 /// What one script call returns: whether it refused, and `used` per key.
 type ScriptResult = Result<(bool, Vec<u64>), StoreError>;
+
+/// Counts a decision taken without Redis, by the `on_store_error` applied.
+#[cfg(feature = "metrics")]
+fn count_degraded(mode: OnStoreError) {
+    let mode = match mode {
+        OnStoreError::Allow => "allow",
+        OnStoreError::Deny => "deny",
+        _ => "local",
+    };
+    metrics::counter!("palisade_rate_limit_store_errors_total", "on_store_error" => mode)
+        .increment(1);
+}
+
+#[cfg(not(feature = "metrics"))]
+fn count_degraded(_mode: OnStoreError) {}
 
 type BoxRun<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
