@@ -611,3 +611,29 @@ async fn whole_stack_from_config() {
     assert_eq!(send(&app, via_proxy("203.0.113.2")).await.status(), 200);
     palisade.shutdown();
 }
+
+#[tokio::test(start_paused = true)]
+async fn cleanup_task_stops_on_shutdown() {
+    let config: RateLimitConfig = toml::from_str(
+        r#"
+        [[policies]]
+        name = "ip"
+        limit = 10
+        period_s = 10
+        "#,
+    )
+    .unwrap();
+    let ctx = BuildContext::default();
+    let layer = RateLimitLayer::from_config(&config, &ctx)
+        .unwrap()
+        .before_auth
+        .unwrap();
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer.clone());
+    send(&app, req_from("192.0.2.1")).await;
+    ctx.shutdown.trigger();
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    // Without the task only the insert-time sweep (at the cap) would remove it.
+    assert_eq!(layer.memory_keys(), 1);
+}

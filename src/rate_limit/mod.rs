@@ -94,9 +94,10 @@
 //! `local` is the default because it keeps every client limited (at most N times
 //! the quota with N replicas) without making Redis a single point of failure.
 //! Store errors are logged at most once per 10 s (with the count suppressed) and
-//! counted (feature `metrics`) as `palisade_rate_limit_store_errors_total
-//! {on_store_error}` next to the pool's `palisade_redis_errors_total{op="rate_limit"}`. Recovery
-//! needs nothing: the pool reconnects and `NOSCRIPT` reloads the script.
+//! counted (feature `metrics`) as
+//! `palisade_rate_limit_store_errors_total{on_store_error}`, next to the pool's
+//! `palisade_redis_errors_total{op="rate_limit"}`. Recovery needs nothing: the pool
+//! reconnects and `NOSCRIPT` reloads the script.
 //!
 //! # Example
 //!

@@ -150,7 +150,7 @@ impl RedisBackend {
 
     /// Logs a store error, at most once per [`LOG_EVERY_MS`], with the number of
     /// errors not logged since.
-    fn log_error(&self, now_ms: u64, error: &StoreError, fallback: OnStoreError) {
+    fn log_error(&self, now_ms: u64, error: &StoreError, fallback: OnStoreError) -> bool {
         let next = self.next_log_ms.load(Ordering::Relaxed);
         if now_ms >= next
             && self
@@ -170,8 +170,10 @@ impl RedisBackend {
                 suppressed,
                 "rate limit: Redis store error; applying on_store_error"
             );
+            true
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 }
@@ -347,5 +349,24 @@ impl RedisBackend {
     /// Wraps a single-server result in the per-item shape of [`Stage::run_grouped`].
     fn spread((limited, used): (bool, Vec<u64>)) -> (Vec<bool>, Vec<u64>) {
         (vec![limited; used.len()], used)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_errors_logged_at_most_once_per_interval() {
+        // The pool is lazy: nothing connects here.
+        let backend = RedisBackend::new(RedisPool::from_url("redis://127.0.0.1:1").unwrap());
+        let e = StoreError::Timeout;
+        assert!(backend.log_error(5, &e, OnStoreError::Local));
+        assert!(!backend.log_error(6, &e, OnStoreError::Local));
+        assert!(!backend.log_error(5 + LOG_EVERY_MS - 1, &e, OnStoreError::Local));
+        assert_eq!(backend.suppressed.load(Ordering::Relaxed), 2);
+        assert!(backend.log_error(5 + LOG_EVERY_MS, &e, OnStoreError::Local));
+        assert_eq!(backend.suppressed.load(Ordering::Relaxed), 0);
     }
 }
