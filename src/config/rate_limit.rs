@@ -150,3 +150,107 @@ impl Default for PolicyConfig {
         }
     }
 }
+
+impl PolicyConfig {
+    /// A policy named `name` counting `key` (`"ip"`, `"header:<name>"`, `"global"`,
+    /// `"identity"`, `"api_key"`, `"jwt_sub"`): `limit` units per `period_s` seconds,
+    /// burst = `limit`, cost 1, every route, enforced.
+    #[must_use]
+    pub fn new(name: impl Into<String>, key: impl Into<String>, limit: u64, period_s: u64) -> Self {
+        Self {
+            name: name.into(),
+            key: key.into(),
+            limit,
+            period_s,
+            ..Self::default()
+        }
+    }
+
+    /// Sets `burst`.
+    #[must_use]
+    pub fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Sets `cost`.
+    #[must_use]
+    pub fn cost(mut self, cost: u64) -> Self {
+        self.cost = cost;
+        self
+    }
+
+    /// Restricts the policy to these route patterns and methods (empty: all).
+    #[must_use]
+    pub fn routes<P: Into<String>, M: Into<String>>(
+        mut self,
+        paths: impl IntoIterator<Item = P>,
+        methods: impl IntoIterator<Item = M>,
+    ) -> Self {
+        self.paths = paths.into_iter().map(Into::into).collect();
+        self.methods = methods.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the `fallback` key.
+    #[must_use]
+    pub fn fallback(mut self, key: impl Into<String>) -> Self {
+        self.fallback = Some(key.into());
+        self
+    }
+
+    /// Shadow mode: count and report, never reject.
+    #[must_use]
+    pub fn shadow(mut self) -> Self {
+        self.mode = PolicyMode::Shadow;
+        self
+    }
+}
+
+impl RateLimitConfig {
+    /// Adds a policy.
+    #[must_use]
+    pub fn policy(mut self, policy: PolicyConfig) -> Self {
+        self.policies.push(policy);
+        self
+    }
+
+    /// Sets `headers`.
+    #[must_use]
+    pub fn headers(mut self, headers: RateLimitHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Adds `allow` entries (CIDRs, addresses, `identity:<id>`).
+    #[must_use]
+    pub fn allow<A: Into<String>>(mut self, entries: impl IntoIterator<Item = A>) -> Self {
+        self.allow.extend(entries.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets `max_keys`.
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Sets `ipv6_prefix`.
+    #[must_use]
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.ipv6_prefix = prefix;
+        self
+    }
+
+    /// Uses the Redis backend (the pool comes from the [`BuildContext`]) with this
+    /// failure policy.
+    ///
+    /// [`BuildContext`]: crate::stack::BuildContext
+    #[must_use]
+    pub fn redis(mut self, on_store_error: OnStoreError) -> Self {
+        self.backend = RateLimitBackend::Redis;
+        self.on_store_error = on_store_error;
+        self
+    }
+}

@@ -99,7 +99,30 @@
 //! `palisade_redis_errors_total{op="rate_limit"}`. Recovery needs nothing: the pool
 //! reconnects and `NOSCRIPT` reloads the script.
 //!
-//! # Example
+//! # Examples
+//!
+//! In code, with the typed builder of [`RateLimitConfig`]:
+//!
+//! ```
+//! use palisade::config::RateLimitConfig;
+//! use palisade::config::rate_limit::PolicyConfig;
+//! use palisade::rate_limit::RateLimitLayer;
+//! use palisade::stack::BuildContext;
+//!
+//! let stages = RateLimitLayer::from_config(
+//!     &RateLimitConfig::default()
+//!         .policy(PolicyConfig::new("per-ip", "ip", 10, 1).burst(20))
+//!         .policy(PolicyConfig::new("daily", "api_key", 10_000, 86_400).fallback("ip"))
+//!         .policy(PolicyConfig::new("login", "ip", 5, 60).routes(["/login"], ["POST"]))
+//!         .allow(["10.0.0.0/8"]),
+//!     &BuildContext::default(),
+//! )?;
+//! assert!(stages.before_auth.is_some()); // per-ip, login
+//! assert!(stages.after_auth.is_some()); // daily
+//! # Ok::<(), palisade::error::ConfigError>(())
+//! ```
+//!
+//! From TOML, exercised:
 //!
 //! ```
 //! use axum::{Router, routing::get, extract::ConnectInfo};
