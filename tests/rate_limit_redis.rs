@@ -303,3 +303,50 @@ async fn cluster_script_flush_is_survived() {
     assert_eq!(res.status(), 200);
     assert!(header(&res, "ratelimit").starts_with("\"per-ip\";r=1;t=200, \"global\";r=998;"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_master_killed_each_mode_then_failover() {
+    let mut cluster = support::RedisCluster::start();
+    let redis = RedisConfig::cluster(cluster.urls())
+        .with_timeout_ms(200)
+        .with_breaker_ms(200);
+    let allow = replica(redis.clone(), &mode_config("allow"));
+    let deny = replica(redis.clone(), &mode_config("deny"));
+    let local = replica(redis, &mode_config("local"));
+    let res = send(&allow, req_from("192.0.2.1")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "ratelimit"), "\"per-ip\";r=1;t=30");
+    // The key all three share (192.0.2.1 = 0xc0000201), and its master.
+    let key = format!("{{palisade:rl:1:{:032x}}}:per-ip", 0xc000_0201u32);
+    let slot = cluster.slot_of(&key);
+    cluster.kill_master_of_slot(slot);
+    // Until the failover, every mode answers within its timeout (send() bounds it).
+    let res = send(&allow, req_from("192.0.2.1")).await;
+    assert_eq!(res.status(), 200);
+    let res = send(&deny, req_from("192.0.2.1")).await;
+    assert!(
+        matches!(res.status().as_u16(), 503 | 200 | 429),
+        "{}",
+        res.status()
+    );
+    let res = send(&local, req_from("192.0.2.1")).await;
+    assert!(
+        matches!(res.status().as_u16(), 200 | 429),
+        "{}",
+        res.status()
+    );
+    cluster.wait_for_failover(slot, Duration::from_secs(30));
+    // After the failover the promoted replica decides again (the key may or may
+    // not have been replicated before the kill: 200 or 429, but not 503).
+    let mut recovered = false;
+    for _ in 0..100 {
+        let res = send(&deny, req_from("192.0.2.1")).await;
+        if res.status() != 503 {
+            assert!(header(&res, "ratelimit").starts_with("\"per-ip\";r="));
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the limiter came back after the failover");
+}
