@@ -535,6 +535,11 @@ fn invalid_config_reports_every_problem() {
         cost = 2
         paths = ["no-slash"]
         methods = ["GE T"]
+        [[policies]]
+        name = "forever"
+        limit = 1
+        period_s = 315360000
+        burst = 2
         "#,
     )
     .unwrap();
@@ -554,6 +559,7 @@ fn invalid_config_reports_every_problem() {
         "rate_limit.policies[2].cost",
         "rate_limit.policies[2].paths[0]",
         "rate_limit.policies[2].methods[0]",
+        "rate_limit.policies[3].burst",
     ] {
         assert!(err.has_key(key), "missing {key} in {err}");
     }

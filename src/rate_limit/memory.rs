@@ -63,7 +63,11 @@ impl MemoryStore {
             Entry::Vacant(v) => {
                 self.len.fetch_add(1, Ordering::Relaxed);
                 let d = gcra::decide(0, q, cost);
-                let tat = if d.allowed { now + d.used_after } else { now };
+                let tat = if d.allowed {
+                    now.saturating_add(d.used_after)
+                } else {
+                    now
+                };
                 v.insert(Cell {
                     tat: AtomicU64::new(tat),
                     seen: AtomicU64::new(now),
@@ -84,7 +88,7 @@ impl MemoryStore {
             }
             match cell.tat.compare_exchange_weak(
                 tat,
-                now + d.used_after,
+                now.saturating_add(d.used_after),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {

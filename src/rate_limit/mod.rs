@@ -208,6 +208,8 @@ const NANOS: u64 = 1_000_000_000;
 const MICROS: u64 = 1_000_000;
 /// How often keys back at full quota are dropped from memory.
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// Longest burst tolerance (`burst × period / limit`): ten years, in ns.
+const MAX_TOLERANCE_NS: u64 = 10 * 366 * 86_400 * NANOS;
 /// Most policies one configuration may hold.
 const MAX_POLICIES: usize = 256;
 
@@ -491,6 +493,16 @@ fn compile_policy(
         errors.push(format!("{at}.burst"), "must be at least 1");
     } else if burst > 1_000_000_000 {
         errors.push(format!("{at}.burst"), "must be at most 1000000000");
+    }
+    if p.limit > 0
+        && p.period_s > 0
+        && p.burst != Some(0)
+        && (p.period_s.saturating_mul(NANOS) / p.limit).saturating_mul(burst) > MAX_TOLERANCE_NS
+    {
+        errors.push(
+            format!("{at}.burst"),
+            "burst × period_s / limit must be at most ten years",
+        );
     }
     if p.cost == 0 {
         errors.push(format!("{at}.cost"), "must be at least 1");
