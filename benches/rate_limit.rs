@@ -1,0 +1,282 @@
+//! Rate-limit decision cost.
+//!
+//! - `memory/*`: palisade's in-memory layer against `tower_governor` 0.8 on the same
+//!   quota (1 per µs, burst 10⁹: never limited during the run), both with headers
+//!   on, both wrapping the same no-op service, polled once with a no-op waker (both
+//!   complete synchronously), for one hot key and for 10 000 rotating client IPs.
+//! - `redis/*` (feature `redis`, needs `PALISADE_TEST_REDIS_URL` or `redis-server`
+//!   on PATH): 64 concurrent tasks deciding through palisade's layer against raw
+//!   `EVALSHA` of the same script on the same Redis (one multiplexed connection);
+//!   criterion reports the wall time per decision with 64 in flight (its inverse is
+//!   the throughput), and a summary line prints decisions/s and p99 for both.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::response::Response;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Request;
+use palisade::config::RateLimitConfig;
+use palisade::rate_limit::RateLimitLayer;
+use palisade::stack::BuildContext;
+use tower::{Layer, Service};
+
+fn noop_service() -> impl Service<
+    axum::extract::Request,
+    Response = Response,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response, Infallible>>,
+> + Clone
++ Send
++ Sync
++ 'static {
+    tower::service_fn(|_req: axum::extract::Request| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Body::empty())))
+    })
+}
+
+fn request(ip: u32) -> axum::extract::Request {
+    let mut req = Request::get("/").body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from((ip.to_be_bytes(), 4000))));
+    req
+}
+
+/// Polls a future that must be ready at once.
+fn now<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("expected a synchronous decision"),
+    }
+}
+
+fn palisade_layer(extra: &str) -> RateLimitLayer {
+    let config: RateLimitConfig = toml::from_str(&format!(
+        r#"
+        {extra}
+        [[policies]]
+        name = "api"
+        key = "ip"
+        limit = 1000000
+        period_s = 1
+        burst = 1000000000
+        "#
+    ))
+    .unwrap();
+    RateLimitLayer::from_config(&config, &BuildContext::default())
+        .unwrap()
+        .before_auth
+        .unwrap()
+}
+
+fn memory(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory");
+    for (name, keys) in [("one_key", 1u32), ("10k_keys", 10_000)] {
+        let mut svc = palisade_layer("").layer(noop_service());
+        let mut i = 0u32;
+        group.bench_function(format!("palisade/{name}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys;
+                let res = now(svc.call(request(0x0a00_0000 + i))).unwrap();
+                assert_eq!(res.status(), 200);
+                black_box(res)
+            })
+        });
+
+        let config = tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1000)
+            .burst_size(1_000_000_000)
+            .use_headers()
+            .finish()
+            .unwrap();
+        let mut gov = tower_governor::GovernorLayer::new(Arc::new(config)).layer(noop_service());
+        let mut i = 0u32;
+        group.bench_function(format!("tower_governor/{name}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % keys;
+                let res = now(gov.call(request(0x0a00_0000 + i))).unwrap();
+                assert_eq!(res.status(), 200);
+                black_box(res)
+            })
+        });
+    }
+    group.finish();
+}
+
+#[cfg(feature = "redis")]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[cfg(feature = "redis")]
+mod redis_bench {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    use super::support;
+
+    const TASKS: u64 = 64;
+
+    fn server() -> Option<support::RedisServer> {
+        if std::env::var("PALISADE_TEST_REDIS_URL").is_err()
+            && std::process::Command::new("redis-server")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            eprintln!(
+                "redis benches skipped: set PALISADE_TEST_REDIS_URL or put redis-server on PATH"
+            );
+            return None;
+        }
+        Some(support::RedisServer::start())
+    }
+
+    /// Runs `per_task` decisions in each of 64 tasks; returns the wall time and
+    /// every call's latency.
+    fn run<F, Fut>(
+        rt: &tokio::runtime::Runtime,
+        per_task: u64,
+        decide: F,
+    ) -> (Duration, Vec<Duration>)
+    where
+        F: Fn(u64) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        rt.block_on(async move {
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    let decide = decide.clone();
+                    tokio::spawn(async move {
+                        let mut lat = Vec::with_capacity(per_task as usize);
+                        for _ in 0..per_task {
+                            let s = Instant::now();
+                            decide(t).await;
+                            lat.push(s.elapsed());
+                        }
+                        lat
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            (start.elapsed(), all)
+        })
+    }
+
+    fn summary(name: &str, (wall, mut lat): (Duration, Vec<Duration>)) {
+        lat.sort_unstable();
+        let p99 = lat[lat.len() * 99 / 100];
+        println!(
+            "{name}: {:.0} decisions/s, p99 {:?} ({} decisions, 64 tasks)",
+            lat.len() as f64 / wall.as_secs_f64(),
+            p99,
+            lat.len()
+        );
+    }
+
+    pub(super) fn redis(c: &mut Criterion) {
+        let Some(server) = server() else { return };
+        let url = server.url().to_owned();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+
+        // palisade: the layer over RedisPool (EVALSHA of GCRA_SCRIPT, one key).
+        let layer = rt.block_on(async {
+            let config: RateLimitConfig = toml::from_str(
+                r#"
+                backend = "redis"
+                [[policies]]
+                name = "api"
+                limit = 1000000
+                period_s = 1
+                burst = 1000000000
+                "#,
+            )
+            .unwrap();
+            let mut ctx = BuildContext::default();
+            ctx.redis = Some(palisade::redis::RedisPool::from_url(&url).unwrap());
+            RateLimitLayer::from_config(&config, &ctx)
+                .unwrap()
+                .before_auth
+                .unwrap()
+        });
+        let svc = layer.layer(noop_service());
+        let via_layer = move |t: u64| {
+            let mut svc = svc.clone();
+            async move {
+                let res = svc.call(request(0x0a00_0000 + t as u32)).await.unwrap();
+                assert_eq!(res.status(), 200);
+            }
+        };
+
+        // Raw: the same script, keys and arguments through one multiplexed connection.
+        let conn = rt.block_on(async {
+            redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap()
+        });
+        let script = Arc::new(redis::Script::new(palisade::rate_limit::REDIS_GCRA_SCRIPT));
+        let raw = move |t: u64| {
+            let mut conn = conn.clone();
+            let script = script.clone();
+            async move {
+                let out: Vec<i64> = script
+                    .key(format!("{{bench:{t}}}:api"))
+                    .arg(1u64)
+                    .arg(1_000_000_000u64)
+                    .arg(1u64)
+                    .arg(1u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(out[0], 0);
+            }
+        };
+
+        let mut group = c.benchmark_group("redis");
+        group.sample_size(10);
+        group.throughput(criterion::Throughput::Elements(1));
+        group.bench_function("palisade_layer_64_tasks", |b| {
+            b.iter_custom(|iters| {
+                let per_task = iters.div_ceil(TASKS);
+                let (wall, _) = run(&rt, per_task, via_layer.clone());
+                wall.mul_f64(iters as f64 / (per_task * TASKS) as f64)
+            })
+        });
+        group.bench_function("raw_evalsha_64_tasks", |b| {
+            b.iter_custom(|iters| {
+                let per_task = iters.div_ceil(TASKS);
+                let (wall, _) = run(&rt, per_task, raw.clone());
+                wall.mul_f64(iters as f64 / (per_task * TASKS) as f64)
+            })
+        });
+        group.finish();
+        summary("palisade layer", run(&rt, 2_000, via_layer));
+        summary("raw EVALSHA   ", run(&rt, 2_000, raw));
+        drop(server);
+    }
+}
+
+#[cfg(feature = "redis")]
+criterion_group!(benches, memory, redis_bench::redis);
+#[cfg(not(feature = "redis"))]
+criterion_group!(benches, memory);
+criterion_main!(benches);

@@ -1,0 +1,980 @@
+//! GCRA rate limiting, in memory or over Redis.
+//!
+//! Any number of named policies, each a quota (`limit` units per `period_s`, `burst`
+//! at once) on a key (`ip`, `header:<name>`, `global`, `identity`, `api_key`,
+//! `jwt_sub`), restricted to routes and methods. A request is limited when any
+//! `enforce` policy that applies to it says so; `shadow` policies only report.
+//!
+//! # Why GCRA, implemented here
+//!
+//! The generic cell rate algorithm keeps **one number per key**, the theoretical
+//! arrival time (TAT): exact, O(1), no window-edge bursts (a fixed window admits
+//! twice the limit across an edge). palisade implements it directly on a
+//! [`dashmap`] of one atomic TAT per key instead of using `governor`'s keyed state,
+//! because it needs three things governor's store does not give:
+//!
+//! - **bounded memory without chores**: a hard `max_keys` cap that evicts the least
+//!   recently seen keys, and a cleanup task (stopped on shutdown) that drops keys back
+//!   at full quota; governor only offers a `retain_recent` sweep the user must wire up;
+//! - **exact headers**: the remaining quota and reset time fall out of the TAT, for
+//!   every policy of a request, allowed or limited;
+//! - **parity with Redis**: both backends reduce their state to "how far ahead is the
+//!   TAT" and call the same arithmetic, so a policy means the same thing in memory
+//!   and in Redis. Several policies of one request are all-or-nothing: when one
+//!   refuses, what the others took is given back (GCRA is additive, so this is exact).
+//!
+//! # Two stages, one backend
+//!
+//! [`RateLimitLayer::from_config`] splits the policies in two [`RateLimitStages`]:
+//! `before_auth` (keys that need no identity) sits before the auth layer, so failed
+//! logins are limited too, and `after_auth` (identity keys) after it. Both stages
+//! share one backend and its state. Each stage writes only its own policies' entries:
+//! the inner stage (after auth) sets the headers, then the outer stage appends its
+//! entries to the same `RateLimit` and `RateLimit-Policy` field lines (legacy
+//! headers: the tighter policy wins). The [`RateLimitOutcome`] is merged the same way.
+//!
+//! # Responses
+//!
+//! A limited request gets `429` with an RFC 9457 body of type
+//! `https://iana.org/assignments/http-problem-types#quota-exceeded` listing the
+//! `violated-policies`, and `Retry-After` in whole seconds, rounded up, never 0.
+//! Allowed and limited responses carry the draft-10 headers (one entry per policy
+//! that applied), for example:
+//!
+//! ```text
+//! RateLimit-Policy: "per-ip";q=100;w=60, "daily";q=10000;w=86400
+//! RateLimit: "per-ip";r=99;t=1, "daily";r=9999;t=9
+//! ```
+//!
+//! `q`/`w` are the configured `limit`/`period_s`; `r` is what can be spent right now
+//! (up to `burst`), and `t` the seconds until one more unit is available (0 when
+//! full). No partition key (`pk`) is sent: it would reveal how clients are keyed.
+//!
+//! # Keys
+//!
+//! `ip` is the trusted client IP from [`client_info`](crate::client_ip::client_info)
+//! (forwarding headers count only from trusted proxies), IPv6 grouped by
+//! `ipv6_prefix` (/64 by default: one host owns at least a /64 and could otherwise
+//! rotate through 2^64 addresses). Header values and identity ids are reduced to a
+//! 128-bit BLAKE3 digest: fixed-size memory per key, and never a secret in Redis.
+//!
+//! A request with no value for a policy's key (no identity, header absent) is
+//! counted under the policy's `fallback` key if one is set, otherwise not by that
+//! policy. `allow` lists CIDRs (both stages skip them) and `identity:<id>` entries
+//! (the after-auth stage skips them; IP policies before auth still apply, since
+//! the identity is not known yet there).
+//!
+//! # Memory: bounded, with no chore
+//!
+//! State is one 16-byte cell per (policy, key value) in a [`dashmap`] owned by the
+//! layer's `Arc`, shared by every clone of the service and by both stages. When
+//! `max_keys` is reached, a new key first triggers a sweep that drops every key
+//! back at full quota (forgetting those changes no decision), then, if that is not
+//! enough, the least recently seen keys, down to 90 % of the cap, so sweeps are at
+//! least `max_keys / 10` inserts apart (amortised O(1)). A background task (stopped
+//! by [`BuildContext::shutdown`]) also drops full keys every minute. Evicting a key
+//! that is still limited forgets its debt: under a flood of distinct keys the cap
+//! wins over exactness, which is why IPv6 is grouped and the cap should exceed your
+//! number of concurrently active clients.
+//!
+//! # Redis
+//!
+//! `backend = "redis"` decides every policy of a request in **one** `EVALSHA` of a
+//! GCRA script (`REDIS_GCRA_SCRIPT`, with the `redis` feature) on the server's clock, with self-expiring,
+//! hash-tagged keys that never contain a secret; see the `redis` submodule notes in
+//! the source for the Cluster layout. When Redis errors, times out (`[redis]
+//! timeout_ms`) or its circuit breaker is open, `on_store_error` decides:
+//!
+//! | value | effect |
+//! |---|---|
+//! | `local` (default) | this replica's in-memory limiter decides (each replica then allows the full quota) |
+//! | `allow` | the request passes, unlimited, without quota headers |
+//! | `deny` | `503` problem+json with `Retry-After: 1` |
+//!
+//! `local` is the default because it keeps every client limited (at most N times
+//! the quota with N replicas) without making Redis a single point of failure.
+//! Store errors are logged at most once per 10 s (with the count suppressed) and
+//! counted (feature `metrics`) as
+//! `palisade_rate_limit_store_errors_total{on_store_error}`, next to the pool's
+//! `palisade_redis_errors_total{op="rate_limit"}`. Recovery needs nothing: the pool
+//! reconnects and `NOSCRIPT` reloads the script.
+//!
+//! # Examples
+//!
+//! In code, with the typed builder of [`RateLimitConfig`]:
+//!
+//! ```
+//! use palisade::config::RateLimitConfig;
+//! use palisade::config::rate_limit::PolicyConfig;
+//! use palisade::rate_limit::RateLimitLayer;
+//! use palisade::stack::BuildContext;
+//!
+//! let stages = RateLimitLayer::from_config(
+//!     &RateLimitConfig::default()
+//!         .policy(PolicyConfig::new("per-ip", "ip", 10, 1).burst(20))
+//!         .policy(PolicyConfig::new("daily", "api_key", 10_000, 86_400).fallback("ip"))
+//!         .policy(PolicyConfig::new("login", "ip", 5, 60).routes(["/login"], ["POST"]))
+//!         .allow(["10.0.0.0/8"]),
+//!     &BuildContext::default(),
+//! )?;
+//! assert!(stages.before_auth.is_some()); // per-ip, login
+//! assert!(stages.after_auth.is_some()); // daily
+//! # Ok::<(), palisade::error::ConfigError>(())
+//! ```
+//!
+//! From TOML, exercised:
+//!
+//! ```
+//! use axum::{Router, routing::get, extract::ConnectInfo};
+//! use palisade::config::RateLimitConfig;
+//! use palisade::rate_limit::RateLimitLayer;
+//! use palisade::stack::BuildContext;
+//! use std::net::SocketAddr;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let config: RateLimitConfig = toml::from_str(r#"
+//!     [[policies]]
+//!     name = "per-ip"
+//!     key = "ip"
+//!     limit = 2
+//!     period_s = 60
+//! "#).unwrap();
+//! let stages = RateLimitLayer::from_config(&config, &BuildContext::default()).unwrap();
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hi" }))
+//!     .layer(stages.before_auth.unwrap());
+//! // `axum::serve(.., app.into_make_service_with_connect_info::<SocketAddr>())`
+//! // inserts the peer address; here we do it by hand.
+//! let get = || {
+//!     let mut req = http::Request::get("/").body(axum::body::Body::empty()).unwrap();
+//!     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 4000))));
+//!     req
+//! };
+//! let res = app.clone().oneshot(get()).await.unwrap();
+//! assert_eq!(res.headers()["ratelimit"], "\"per-ip\";r=1;t=30");
+//! assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), 200);
+//! let res = app.oneshot(get()).await.unwrap();
+//! assert_eq!(res.status(), 429);
+//! assert_eq!(res.headers()["retry-after"], "30");
+//! # }
+//! ```
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use ipnet::IpNet;
+use tower::{Layer, Service};
+
+use crate::config::RateLimitConfig;
+use crate::config::rate_limit::{
+    OnStoreError, PolicyConfig, PolicyMode, RateLimitBackend, RateLimitHeaders,
+};
+use crate::error::ConfigError;
+use crate::identity::Identity;
+use crate::outcome::RateLimitOutcome;
+use crate::problem::Problem;
+use crate::route_match::RouteMatcher;
+use crate::stack::BuildContext;
+
+mod gcra;
+mod key;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+
+/// The Lua script the Redis backend runs (by `EVALSHA`) for every decision, for
+/// review or to benchmark against. `KEYS`: one per policy; `ARGV`: for each policy
+/// the emission interval and burst tolerance (µs), the cost, and 1 for `enforce`.
+/// Returns `{limited, used_1, ..}`, each `used` being how far the key's TAT lay
+/// ahead of the server's `TIME` before the decision.
+#[cfg(feature = "redis")]
+pub const REDIS_GCRA_SCRIPT: &str = redis::GCRA_SCRIPT;
+
+use gcra::Quota;
+use key::{KeySpec, KeyValue};
+use memory::{MemKey, MemoryStore};
+
+const NANOS: u64 = 1_000_000_000;
+const MICROS: u64 = 1_000_000;
+/// How often keys back at full quota are dropped from memory.
+const CLEANUP_EVERY: Duration = Duration::from_secs(60);
+/// Longest burst tolerance (`burst × period / limit`): ten years, in ns.
+const MAX_TOLERANCE_NS: u64 = 10 * 366 * 86_400 * NANOS;
+/// Most policies one configuration may hold.
+const MAX_POLICIES: usize = 256;
+
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The problem type of draft-ietf-httpapi-ratelimit-headers-10 §8.
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// The two places the rate limiter sits in the stack: before auth (keys that need
+/// no identity: `ip`, `header:*`, `global`) and after it (identity keys). Both share
+/// one backend; see the [module docs](self).
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitStages {
+    /// Policies decided before authentication.
+    pub before_auth: Option<RateLimitLayer>,
+    /// Policies decided after authentication.
+    pub after_auth: Option<RateLimitLayer>,
+}
+
+/// One compiled policy.
+#[derive(Debug)]
+struct Policy {
+    name: Arc<str>,
+    /// Index across both stages: part of the memory key.
+    index: u16,
+    key: KeySpec,
+    fallback: Option<KeySpec>,
+    matcher: RouteMatcher,
+    limit: u64,
+    cost: u64,
+    shadow: bool,
+    q_ns: Quota,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    q_us: Quota,
+    /// `"name";q=..;w=..`, the policy's `RateLimit-Policy` item.
+    policy_item: String,
+    policy_value: HeaderValue,
+}
+
+/// What both stages share: the backend and the response settings.
+#[derive(Debug)]
+struct Shared {
+    memory: MemoryStore,
+    #[cfg(feature = "redis")]
+    redis: Option<redis::RedisBackend>,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    on_store_error: OnStoreError,
+    epoch: tokio::time::Instant,
+    headers: RateLimitHeaders,
+    ipv6_prefix: u8,
+    allow_nets: Vec<IpNet>,
+    allow_ids: HashSet<Arc<str>>,
+}
+
+impl Shared {
+    /// Nanoseconds since the limiter was built, on tokio's clock (pausable in tests).
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[derive(Debug)]
+struct Stage {
+    shared: Arc<Shared>,
+    policies: Vec<Policy>,
+    after_auth: bool,
+}
+
+/// Layer for `[rate_limit]`: one stage of the limiter (see [`RateLimitStages`]).
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    stage: Arc<Stage>,
+}
+
+/// One policy's result for one request.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    policy: usize,
+    /// The request's value for the policy's key.
+    value: KeyValue,
+    /// How far the TAT lies ahead after the decision, in the backend's ticks.
+    used_after: u64,
+    allowed: bool,
+    remaining: u64,
+    reset_s: u64,
+}
+
+/// A stage's decision for one request.
+#[derive(Debug, Default)]
+struct Verdict {
+    entries: Vec<Entry>,
+    limited: bool,
+    shadow_limited: bool,
+    retry_s: u64,
+}
+
+impl RateLimitLayer {
+    /// Builds both stages from `[rate_limit]`; both are `None` when no policy is
+    /// configured. Every problem of the section is reported in one [`ConfigError`].
+    pub fn from_config(
+        config: &RateLimitConfig,
+        ctx: &BuildContext,
+    ) -> Result<RateLimitStages, ConfigError> {
+        let mut errors = ConfigError::default();
+        if config.ipv6_prefix > 128 {
+            errors.push(
+                "rate_limit.ipv6_prefix",
+                format!("{} is not a prefix length (0 to 128)", config.ipv6_prefix),
+            );
+        }
+        if config.max_keys == 0 {
+            errors.push("rate_limit.max_keys", "must be at least 1");
+        }
+        let (allow_nets, allow_ids) = parse_allow(&config.allow, &mut errors);
+        if config.policies.len() > MAX_POLICIES {
+            errors.push(
+                "rate_limit.policies",
+                format!("at most {MAX_POLICIES} policies are supported"),
+            );
+        }
+        let mut names = HashSet::new();
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for (i, p) in config.policies.iter().enumerate().take(MAX_POLICIES) {
+            let at = format!("rate_limit.policies[{i}]");
+            if !p.name.is_empty() && !names.insert(p.name.as_str()) {
+                errors.push(
+                    format!("{at}.name"),
+                    format!("duplicate policy name {:?}", p.name),
+                );
+            }
+            if let Some(policy) = compile_policy(p, i as u16, &at, &mut errors) {
+                if policy.key.needs_identity() {
+                    after.push(policy);
+                } else {
+                    before.push(policy);
+                }
+            }
+        }
+        #[cfg(feature = "redis")]
+        let redis = match config.backend {
+            RateLimitBackend::Redis => match &ctx.redis {
+                Some(pool) => Some(redis::RedisBackend::new(pool.clone())),
+                None => {
+                    errors.push(
+                        "rate_limit.backend",
+                        "backend = \"redis\" needs a [redis] section with url or cluster_urls",
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        if config.backend == RateLimitBackend::Redis {
+            errors.push(
+                "rate_limit.backend",
+                "backend = \"redis\" needs palisade built with the `redis` feature",
+            );
+        }
+        errors.into_result()?;
+        if before.is_empty() && after.is_empty() {
+            return Ok(RateLimitStages::default());
+        }
+        let shared = Arc::new(Shared {
+            memory: MemoryStore::new(config.max_keys),
+            #[cfg(feature = "redis")]
+            redis,
+            on_store_error: config.on_store_error,
+            epoch: tokio::time::Instant::now(),
+            headers: config.headers,
+            ipv6_prefix: config.ipv6_prefix,
+            allow_nets,
+            allow_ids,
+        });
+        spawn_cleanup(&shared, ctx);
+        let stage = |policies: Vec<Policy>, after_auth| {
+            (!policies.is_empty()).then(|| RateLimitLayer {
+                stage: Arc::new(Stage {
+                    shared: shared.clone(),
+                    policies,
+                    after_auth,
+                }),
+            })
+        };
+        Ok(RateLimitStages {
+            before_auth: stage(before, false),
+            after_auth: stage(after, true),
+        })
+    }
+
+    /// Number of keys the in-memory limiter currently holds (for tests and gauges).
+    pub fn memory_keys(&self) -> usize {
+        self.stage.shared.memory.len()
+    }
+}
+
+fn parse_allow(entries: &[String], errors: &mut ConfigError) -> (Vec<IpNet>, HashSet<Arc<str>>) {
+    let mut nets = Vec::new();
+    let mut ids = HashSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let entry = entry.trim();
+        if let Some(id) = entry.strip_prefix("identity:") {
+            if id.is_empty() {
+                errors.push(format!("rate_limit.allow[{i}]"), "empty identity id");
+            } else {
+                ids.insert(Arc::from(id));
+            }
+        } else if let Ok(net) = entry.parse::<IpNet>() {
+            nets.push(net.trunc());
+        } else if let Ok(ip) = entry.parse::<IpAddr>() {
+            nets.push(IpNet::from(ip));
+        } else {
+            errors.push(
+                format!("rate_limit.allow[{i}]"),
+                format!("{entry:?} is neither a CIDR, an IP address nor identity:<id>"),
+            );
+        }
+    }
+    (nets, ids)
+}
+
+fn compile_policy(
+    p: &PolicyConfig,
+    index: u16,
+    at: &str,
+    errors: &mut ConfigError,
+) -> Option<Policy> {
+    let before = errors.problems().len();
+    if p.name.is_empty() {
+        errors.push(format!("{at}.name"), "a policy needs a name");
+    } else if !p
+        .name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        || p.name.len() > 64
+    {
+        errors.push(
+            format!("{at}.name"),
+            format!("{:?}: use at most 64 of A-Z a-z 0-9 _ - .", p.name),
+        );
+    }
+    let key = errors
+        .collect(KeySpec::parse(&p.key).map_err(|m| ConfigError::new(format!("{at}.key"), m)));
+    let fallback = match &p.fallback {
+        None => None,
+        Some(f) => errors
+            .collect(KeySpec::parse(f).map_err(|m| ConfigError::new(format!("{at}.fallback"), m))),
+    };
+    if let (Some(k), Some(f)) = (&key, &fallback) {
+        if f.needs_identity() && !k.needs_identity() {
+            errors.push(
+                format!("{at}.fallback"),
+                "an identity fallback is only possible for an identity key (decided after auth)",
+            );
+        }
+        if f == k {
+            errors.push(format!("{at}.fallback"), "the fallback is the key itself");
+        }
+    }
+    if p.limit == 0 {
+        errors.push(format!("{at}.limit"), "must be at least 1");
+    }
+    if p.period_s == 0 {
+        errors.push(format!("{at}.period_s"), "must be at least 1");
+    } else if p.period_s > 10 * 366 * 86_400 {
+        errors.push(format!("{at}.period_s"), "must be at most ten years");
+    } else if p.limit > p.period_s.saturating_mul(MICROS) {
+        errors.push(
+            format!("{at}.limit"),
+            "more than one request per microsecond cannot be measured",
+        );
+    }
+    let burst = p.burst.unwrap_or(p.limit);
+    if p.burst == Some(0) {
+        errors.push(format!("{at}.burst"), "must be at least 1");
+    } else if burst > 1_000_000_000 {
+        errors.push(format!("{at}.burst"), "must be at most 1000000000");
+    }
+    if p.limit > 0
+        && p.period_s > 0
+        && p.burst != Some(0)
+        && (p.period_s.saturating_mul(NANOS) / p.limit).saturating_mul(burst) > MAX_TOLERANCE_NS
+    {
+        errors.push(
+            format!("{at}.burst"),
+            "burst × period_s / limit must be at most ten years",
+        );
+    }
+    if p.cost == 0 {
+        errors.push(format!("{at}.cost"), "must be at least 1");
+    } else if burst >= 1 && p.cost > burst {
+        errors.push(
+            format!("{at}.cost"),
+            format!("a cost of {} never fits a burst of {burst}", p.cost),
+        );
+    }
+    let matcher = errors.collect(RouteMatcher::compile(at, &p.paths, &p.methods));
+    if errors.problems().len() != before {
+        return None;
+    }
+    let (key, matcher) = (key?, matcher?);
+    let period_ns = p.period_s * NANOS;
+    let q_ns = Quota::new(period_ns, p.limit, burst);
+    let q_us = Quota::new(p.period_s * MICROS, p.limit, burst);
+    let policy_item = format!("\"{}\";q={};w={}", p.name, p.limit, p.period_s);
+    let policy_value = HeaderValue::try_from(policy_item.as_str()).ok()?;
+    Some(Policy {
+        name: Arc::from(p.name.as_str()),
+        index,
+        key,
+        fallback,
+        matcher,
+        limit: p.limit,
+        cost: p.cost,
+        shadow: p.mode == PolicyMode::Shadow,
+        q_ns,
+        q_us,
+        policy_item,
+        policy_value,
+    })
+}
+
+/// Drops keys back at full quota every minute, until shutdown or until the layer is
+/// gone. Without a runtime (a layer built outside tokio) the amortised eviction on
+/// insert alone keeps memory bounded.
+fn spawn_cleanup(shared: &Arc<Shared>, ctx: &BuildContext) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    let shutdown = ctx.shutdown.clone();
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(CLEANUP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(shared) = weak.upgrade() else { return };
+            let now = shared.now_ns();
+            shared.memory.sweep_full(now);
+        }
+    });
+}
+
+impl Stage {
+    /// The policies that apply to this request, with the request's key value for
+    /// each. Empty when the client is allow-listed.
+    fn applicable(&self, req: &Request) -> Vec<Entry> {
+        let shared = &*self.shared;
+        if !shared.allow_nets.is_empty() {
+            let ip = key::client_ip(req).to_canonical();
+            if shared.allow_nets.iter().any(|n| n.contains(&ip)) {
+                return Vec::new();
+            }
+        }
+        if self.after_auth
+            && !shared.allow_ids.is_empty()
+            && req
+                .extensions()
+                .get::<Identity>()
+                .is_some_and(|id| shared.allow_ids.contains(&id.id))
+        {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            if !p.matcher.matches(req.method(), req.uri().path()) {
+                continue;
+            }
+            let value = p
+                .key
+                .extract(req, shared.ipv6_prefix)
+                .or_else(|| p.fallback.as_ref()?.extract(req, shared.ipv6_prefix));
+            if let Some(v) = value {
+                if out.capacity() == 0 {
+                    out.reserve_exact(self.policies.len() - i);
+                }
+                out.push(Entry {
+                    policy: i,
+                    value: v,
+                    used_after: 0,
+                    allowed: true,
+                    remaining: 0,
+                    reset_s: 0,
+                });
+            }
+        }
+        out
+    }
+
+    /// Decides with the in-memory store (all-or-nothing across the policies),
+    /// filling in the entries `applicable` made.
+    fn decide_memory(&self, mut entries: Vec<Entry>) -> Verdict {
+        let shared = &*self.shared;
+        let now = shared.now_ns();
+        let mut v = Verdict::default();
+        let mut retry_ns = 0;
+        for e in &mut entries {
+            let p = &self.policies[e.policy];
+            let key = MemKey {
+                policy: p.index,
+                value: e.value,
+            };
+            let d = shared.memory.check(key, p.q_ns, p.cost, now);
+            if !d.allowed {
+                if p.shadow {
+                    v.shadow_limited = true;
+                } else {
+                    v.limited = true;
+                    retry_ns = retry_ns.max(d.retry);
+                }
+            }
+            e.fill(d, p.q_ns, NANOS);
+        }
+        if v.limited {
+            for e in entries.iter_mut().filter(|e| e.allowed) {
+                let p = &self.policies[e.policy];
+                let key = MemKey {
+                    policy: p.index,
+                    value: e.value,
+                };
+                shared.memory.refund(key, p.q_ns, p.cost);
+                // Report the quota as it is after the refund.
+                let d = gcra::Decision {
+                    allowed: true,
+                    used_after: e.used_after.saturating_sub(p.q_ns.interval * p.cost),
+                    retry: 0,
+                };
+                e.fill(d, p.q_ns, NANOS);
+            }
+            v.retry_s = gcra::ceil_secs(retry_ns, NANOS).max(1);
+        }
+        v.entries = entries;
+        v
+    }
+
+    /// The 429 for a limited verdict.
+    fn reject(&self, v: &Verdict) -> Response {
+        let violated: Vec<serde_json::Value> = v
+            .entries
+            .iter()
+            .filter(|e| !e.allowed && !self.policies[e.policy].shadow)
+            .map(|e| serde_json::Value::from(&*self.policies[e.policy].name))
+            .collect();
+        let mut res = Problem::new(StatusCode::TOO_MANY_REQUESTS)
+            .type_uri(QUOTA_EXCEEDED)
+            .title("Request cannot be satisfied as assigned quota has been exceeded")
+            .detail("Too many requests; retry after the time in Retry-After.")
+            .extension("violated-policies", violated)
+            .header(http::header::RETRY_AFTER, HeaderValue::from(v.retry_s))
+            .rejection("rate_limit", "limited")
+            .into_response();
+        self.finish(&mut res, v);
+        res
+    }
+
+    /// Adds this stage's headers and outcome to a response, merging with what an
+    /// inner stage already wrote.
+    fn finish(&self, res: &mut Response, v: &Verdict) {
+        if v.entries.is_empty() {
+            return;
+        }
+        match self.shared.headers {
+            RateLimitHeaders::Ietf => self.ietf_headers(res.headers_mut(), v),
+            RateLimitHeaders::Legacy => self.legacy_headers(res.headers_mut(), v),
+            RateLimitHeaders::None => {}
+        }
+        let mine = self.outcome(v);
+        let merged = match res.extensions_mut().remove::<RateLimitOutcome>() {
+            Some(inner) if inner.limited || (!mine.limited && inner.shadow_limited) => {
+                RateLimitOutcome {
+                    limited: inner.limited || mine.limited,
+                    shadow_limited: inner.shadow_limited || mine.shadow_limited,
+                    policy: inner.policy,
+                }
+            }
+            Some(inner) => RateLimitOutcome {
+                shadow_limited: inner.shadow_limited || mine.shadow_limited,
+                ..mine
+            },
+            None => mine,
+        };
+        res.extensions_mut().insert(merged);
+    }
+
+    fn outcome(&self, v: &Verdict) -> RateLimitOutcome {
+        let pick = v
+            .entries
+            .iter()
+            .find(|e| !e.allowed && !self.policies[e.policy].shadow)
+            .or_else(|| v.entries.iter().find(|e| !e.allowed))
+            .or_else(|| v.entries.iter().min_by_key(|e| e.remaining))
+            .map_or(0, |e| e.policy);
+        RateLimitOutcome {
+            limited: v.limited,
+            shadow_limited: v.shadow_limited,
+            policy: self.policies[pick].name.clone(),
+        }
+    }
+
+    fn ietf_headers(&self, headers: &mut HeaderMap, v: &Verdict) {
+        // Exact length: a `String` whose capacity equals its length becomes the
+        // header's bytes without another allocation.
+        let len = v
+            .entries
+            .iter()
+            .map(|e| {
+                self.policies[e.policy].name.len() + 8 + digits(e.remaining) + digits(e.reset_s)
+            })
+            .sum::<usize>()
+            + 2 * (v.entries.len() - 1);
+        let mut state = String::with_capacity(len);
+        for (n, e) in v.entries.iter().enumerate() {
+            if n > 0 {
+                state.push_str(", ");
+            }
+            let p = &self.policies[e.policy];
+            state.push('"');
+            state.push_str(&p.name);
+            state.push_str("\";r=");
+            push_u64(&mut state, e.remaining);
+            state.push_str(";t=");
+            push_u64(&mut state, e.reset_s);
+        }
+        let policy = if v.entries.len() == 1 {
+            self.policies[v.entries[0].policy].policy_value.clone()
+        } else {
+            let mut s = String::new();
+            for (n, e) in v.entries.iter().enumerate() {
+                if n > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(&self.policies[e.policy].policy_item);
+            }
+            match HeaderValue::try_from(s) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        };
+        append_item(headers, &RATELIMIT_POLICY, policy);
+        debug_assert_eq!(state.len(), len);
+        if let Ok(state) = HeaderValue::try_from(state) {
+            append_item(headers, &RATELIMIT, state);
+        }
+    }
+
+    fn legacy_headers(&self, headers: &mut HeaderMap, v: &Verdict) {
+        let Some(e) = v
+            .entries
+            .iter()
+            .min_by_key(|e| (e.allowed || self.policies[e.policy].shadow, e.remaining))
+        else {
+            return;
+        };
+        let theirs = headers
+            .get(&X_REMAINING)
+            .and_then(|h| h.to_str().ok()?.parse::<u64>().ok());
+        if theirs.is_some_and(|r| r <= e.remaining) {
+            return; // an inner stage's policy is tighter
+        }
+        headers.insert(
+            X_LIMIT.clone(),
+            HeaderValue::from(self.policies[e.policy].limit),
+        );
+        headers.insert(X_REMAINING.clone(), HeaderValue::from(e.remaining));
+        headers.insert(X_RESET.clone(), HeaderValue::from(e.reset_s));
+    }
+}
+
+/// Number of decimal digits of `n`.
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// Appends the decimal digits of `n` (cheaper than `fmt` on this hot path).
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        s.push(char::from(b));
+    }
+}
+
+/// Sets a structured-field list header, or appends our items to the list an inner
+/// stage already wrote (one field line, so `headers.get` sees every policy).
+fn append_item(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        http::header::Entry::Occupied(mut slot) => {
+            let existing = slot.get();
+            let mut joined = Vec::with_capacity(existing.len() + 2 + value.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                slot.insert(v);
+            }
+        }
+    }
+}
+
+impl Entry {
+    /// Records a decision made with quota `q` in ticks of `1 / per_sec` seconds.
+    #[inline]
+    fn fill(&mut self, d: gcra::Decision, q: Quota, per_sec: u64) {
+        self.used_after = d.used_after;
+        self.allowed = d.allowed;
+        self.remaining = gcra::remaining(d.used_after, q);
+        self.reset_s = gcra::ceil_secs(gcra::next_unit(d.used_after, q), per_sec);
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            stage: self.stage.clone(),
+        }
+    }
+}
+
+/// Service made by [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    stage: Arc<Stage>,
+}
+
+impl<S> Service<Request> for RateLimit<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let items = self.stage.applicable(&req);
+        if items.is_empty() {
+            return ResponseFuture {
+                state: State::Inner {
+                    fut: self.inner.call(req),
+                    finish: None,
+                },
+            };
+        }
+        #[cfg(feature = "redis")]
+        if self.stage.shared.redis.is_some() {
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let stage = self.stage.clone();
+            return ResponseFuture {
+                state: State::Boxed {
+                    fut: Box::pin(async move {
+                        let v = match stage.decide_redis(items).await {
+                            Ok(v) => v,
+                            Err(res) => return Ok(*res),
+                        };
+                        if v.limited {
+                            return Ok(stage.reject(&v));
+                        }
+                        let mut res = inner.call(req).await?;
+                        stage.finish(&mut res, &v);
+                        Ok(res)
+                    }),
+                },
+            };
+        }
+        // In memory the decision is synchronous: no task, no box, no clone of `inner`.
+        let v = self.stage.decide_memory(items);
+        if v.limited {
+            return ResponseFuture {
+                state: State::Ready {
+                    res: Some(self.stage.reject(&v)),
+                },
+            };
+        }
+        ResponseFuture {
+            state: State::Inner {
+                fut: self.inner.call(req),
+                finish: Some((self.stage.clone(), v)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`RateLimit`]: no allocation for in-memory decisions.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        // A rejection decided synchronously.
+        Ready {
+            res: Option<Response>,
+        },
+        // The inner service's future; headers added when it completes.
+        Inner {
+            #[pin]
+            fut: F,
+            finish: Option<(Arc<Stage>, Verdict)>,
+        },
+        // A Redis decision, then the inner service.
+        Boxed {
+            fut: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>,
+        },
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Ready { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => panic!("ResponseFuture polled after completion"),
+            },
+            StateProj::Inner { fut, finish } => {
+                let mut res = std::task::ready!(fut.poll(cx))?;
+                if let Some((stage, v)) = finish.take() {
+                    stage.finish(&mut res, &v);
+                }
+                Poll::Ready(Ok(res))
+            }
+            StateProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}

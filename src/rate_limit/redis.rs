@@ -1,0 +1,372 @@
+//! The Redis backend: the same GCRA in one Lua script per decision.
+//!
+//! - **One round trip** decides every policy of the request: the script gets one key
+//!   per policy and, only when no `enforce` policy refuses, commits them all
+//!   (all-or-nothing, atomically, like the memory backend).
+//! - **Server time** (`TIME`, in µs): replicas with skewed clocks still agree.
+//! - **Keys expire on their own**: each TAT is written with `PX` = the time until the
+//!   key is back at full quota, after which forgetting it changes nothing.
+//! - **Cluster**: a key is `{palisade:rl:<kind>:<digest>}:<policy>`; the hash tag is
+//!   the client's key value, shared by every policy counting that value, so the
+//!   usual set (per-second burst + hourly quota on one IP) is one slot, one script.
+//!   Policies of one request keyed by *different* values (an IP policy and a
+//!   `global` one) cannot share a slot without putting every client on one node;
+//!   on a Cluster they are decided by one script per value, sent concurrently
+//!   (all-or-nothing then holds within each value, not across them). On a single
+//!   server everything goes into one script.
+//! - `EVALSHA`, reloaded on `NOSCRIPT` by [`RedisPool::invoke_script`].
+//!
+//! The script returns, for each key, how far its TAT lies ahead of the server's now
+//! (`used`); the Rust side then runs exactly the same [`gcra::decide`] as the memory
+//! backend to build the headers, so both backends report identical values.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+
+use super::gcra::{self, Decision};
+use super::key::KeyValue;
+use super::{Entry, MICROS, Stage, Verdict};
+use crate::config::rate_limit::OnStoreError;
+use crate::problem::Problem;
+use crate::redis::{RedisPool, StoreError};
+
+/// `KEYS[i]`: one per policy. `ARGV[4i+1..4i+4]`: interval (µs), tau (µs), cost,
+/// enforce (1/0). Returns `{limited, used_1, ..., used_n}` where `used_i` is
+/// `max(tat_i - now, 0)` before the decision; commits only when `limited == 0`.
+pub(crate) const GCRA_SCRIPT: &str = r#"
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local used = {}
+local limited = 0
+for i = 1, n do
+  local a = (i - 1) * 4
+  local v = redis.call('GET', KEYS[i])
+  local tat = v and tonumber(v)
+  local u = 0
+  if tat and tat > now then u = tat - now end
+  used[i] = u
+  if ARGV[a + 4] == '1' and u + tonumber(ARGV[a + 1]) * tonumber(ARGV[a + 3]) > tonumber(ARGV[a + 2]) then
+    limited = 1
+  end
+end
+if limited == 0 then
+  for i = 1, n do
+    local a = (i - 1) * 4
+    local u = used[i] + tonumber(ARGV[a + 1]) * tonumber(ARGV[a + 3])
+    if u <= tonumber(ARGV[a + 2]) then
+      redis.call('SET', KEYS[i], string.format('%.0f', now + u), 'PX', math.ceil(u / 1000))
+    end
+  end
+end
+local out = {limited}
+for i = 1, n do out[i + 1] = used[i] end
+return out
+"#;
+
+/// Gives back what a committed group took when another group refused the request
+/// (Cluster only). `ARGV[i]`: the increment (µs) to subtract from `KEYS[i]`.
+pub(crate) const REFUND_SCRIPT: &str = r#"
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    redis.call('SET', KEYS[i], string.format('%.0f', tonumber(v) - tonumber(ARGV[i])), 'KEEPTTL')
+  end
+end
+return 0
+"#;
+
+/// Store errors are logged at most once per this many milliseconds.
+const LOG_EVERY_MS: u64 = 10_000;
+
+#[derive(Debug)]
+pub(crate) struct RedisBackend {
+    pool: RedisPool,
+    script: ::redis::Script,
+    refund: ::redis::Script,
+    /// Next time (ms on the limiter clock) a store error may be logged.
+    next_log_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RedisBackend {
+    pub(crate) fn new(pool: RedisPool) -> Self {
+        Self {
+            pool,
+            script: ::redis::Script::new(GCRA_SCRIPT),
+            refund: ::redis::Script::new(REFUND_SCRIPT),
+            next_log_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs the script for a group of `(policy index, key value)` and returns
+    /// `(limited, used per item)`.
+    async fn run(
+        &self,
+        stage: &Stage,
+        items: &[(usize, KeyValue)],
+    ) -> Result<(bool, Vec<u64>), StoreError> {
+        let mut inv = self.script.prepare_invoke();
+        for &(i, value) in items {
+            let p = &stage.policies[i];
+            inv.key(format!("{}:{}", value.redis_tag(), p.name));
+            inv.arg(p.q_us.interval)
+                .arg(p.q_us.tau)
+                .arg(p.cost)
+                .arg(if p.shadow { 0 } else { 1 });
+        }
+        let out: Vec<i64> = self.pool.invoke_script("rate_limit", &inv).await?;
+        if out.len() != items.len() + 1 {
+            return Err(StoreError::Redis(format!(
+                "rate-limit script returned {} values for {} keys",
+                out.len(),
+                items.len()
+            )));
+        }
+        let used = out[1..].iter().map(|&u| u.max(0) as u64).collect();
+        Ok((out[0] == 1, used))
+    }
+
+    /// Runs the refund script for one group of items.
+    async fn refund(&self, stage: &Stage, items: &[(usize, KeyValue)]) -> Result<(), StoreError> {
+        let mut inv = self.refund.prepare_invoke();
+        for &(i, value) in items {
+            let p = &stage.policies[i];
+            inv.key(format!("{}:{}", value.redis_tag(), p.name));
+            inv.arg(p.q_us.interval.saturating_mul(p.cost));
+        }
+        self.pool
+            .invoke_script::<i64>("rate_limit", &inv)
+            .await
+            .map(|_| ())
+    }
+
+    /// Logs a store error, at most once per [`LOG_EVERY_MS`], with the number of
+    /// errors not logged since.
+    fn log_error(&self, now_ms: u64, error: &StoreError, fallback: OnStoreError) -> bool {
+        let next = self.next_log_ms.load(Ordering::Relaxed);
+        if now_ms >= next
+            && self
+                .next_log_ms
+                .compare_exchange(
+                    next,
+                    now_ms + LOG_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                %error,
+                on_store_error = ?fallback,
+                suppressed,
+                "rate limit: Redis store error; applying on_store_error"
+            );
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+impl Stage {
+    /// Decides over Redis; on a store error applies `on_store_error` (`Err` is the
+    /// 503 of `deny`).
+    pub(super) async fn decide_redis(
+        &self,
+        mut entries: Vec<Entry>,
+    ) -> Result<Verdict, Box<Response>> {
+        let shared = &*self.shared;
+        let Some(backend) = shared.redis.as_ref() else {
+            return Ok(self.decide_memory(entries));
+        };
+        let items: Vec<(usize, KeyValue)> = entries.iter().map(|e| (e.policy, e.value)).collect();
+        let items = &items[..];
+        let result = if backend.pool.is_cluster() {
+            self.run_grouped(backend, items).await
+        } else {
+            backend.run(self, items).await.map(RedisBackend::spread)
+        };
+        let (group_limited, used) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let now_ms = shared.now_ns() / 1_000_000;
+                backend.log_error(now_ms, &e, shared.on_store_error);
+                count_degraded(shared.on_store_error);
+                return match shared.on_store_error {
+                    OnStoreError::Local => Ok(self.decide_memory(entries)),
+                    OnStoreError::Allow => Ok(Verdict::default()),
+                    _ => Err(Box::new(
+                        Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                            .detail("The rate limiter is temporarily unavailable.")
+                            .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+                            .rejection("rate_limit", "store_error")
+                            .into_response(),
+                    )),
+                };
+            }
+        };
+        let mut v = Verdict::default();
+        let mut retry_us = 0;
+        let mut decisions: Vec<Decision> = Vec::with_capacity(items.len());
+        for (k, &(i, _)) in items.iter().enumerate() {
+            let p = &self.policies[i];
+            let d = gcra::decide(used[k], p.q_us, p.cost);
+            if !d.allowed {
+                if p.shadow {
+                    v.shadow_limited = true;
+                } else {
+                    v.limited = true;
+                    retry_us = retry_us.max(d.retry);
+                }
+            }
+            decisions.push(d);
+        }
+        if v.limited {
+            v.retry_s = gcra::ceil_secs(retry_us, MICROS).max(1);
+            // Groups that committed (Cluster: another value's group refused) give back.
+            let committed: Vec<(usize, KeyValue)> = items
+                .iter()
+                .zip(&decisions)
+                .enumerate()
+                .filter(|&(k, (_, d))| d.allowed && !group_limited[k])
+                .map(|(_, (&item, _))| item)
+                .collect();
+            if !committed.is_empty() {
+                let groups = group_by_value(&committed);
+                let runs: Vec<BoxRun<'_, Result<(), StoreError>>> = groups
+                    .iter()
+                    .map(|(_, g)| Box::pin(backend.refund(self, g)) as BoxRun<'_, _>)
+                    .collect();
+                // Best effort: a failed refund only over-counts, never under-counts.
+                let _ = join_all(runs).await;
+            }
+        }
+        for (k, e) in entries.iter_mut().enumerate() {
+            let p = &self.policies[e.policy];
+            let mut d = decisions[k];
+            if v.limited {
+                // Nothing this request took is kept: report the state before it.
+                d.used_after = used[k];
+            }
+            e.fill(d, p.q_us, MICROS);
+        }
+        v.entries = entries;
+        Ok(v)
+    }
+
+    /// Cluster: one script per distinct key value (one hash slot each), concurrently.
+    async fn run_grouped(
+        &self,
+        backend: &RedisBackend,
+        items: &[(usize, KeyValue)],
+    ) -> Result<(Vec<bool>, Vec<u64>), StoreError> {
+        let groups = group_by_value(items);
+        let runs: Vec<BoxRun<'_, ScriptResult>> = groups
+            .iter()
+            .map(|(_, g)| Box::pin(backend.run(self, g)) as BoxRun<'_, _>)
+            .collect();
+        let results = join_all(runs).await;
+        let mut limited = vec![false; items.len()];
+        let mut used = vec![0; items.len()];
+        for ((value, _), r) in groups.iter().zip(results) {
+            let (l, u) = r?;
+            let members = items.iter().enumerate().filter(|(_, (_, v))| v == value);
+            for ((k, _), used_k) in members.zip(u) {
+                limited[k] = l;
+                used[k] = used_k;
+            }
+        }
+        Ok((limited, used))
+    }
+}
+
+/// What one script call returns: whether it refused, and `used` per key.
+type ScriptResult = Result<(bool, Vec<u64>), StoreError>;
+
+/// Counts a decision taken without Redis, by the `on_store_error` applied.
+#[cfg(feature = "metrics")]
+fn count_degraded(mode: OnStoreError) {
+    let mode = match mode {
+        OnStoreError::Allow => "allow",
+        OnStoreError::Deny => "deny",
+        _ => "local",
+    };
+    metrics::counter!("palisade_rate_limit_store_errors_total", "on_store_error" => mode)
+        .increment(1);
+}
+
+#[cfg(not(feature = "metrics"))]
+fn count_degraded(_mode: OnStoreError) {}
+
+type BoxRun<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Splits items by key value (one Cluster hash slot per value), keeping order.
+fn group_by_value(items: &[(usize, KeyValue)]) -> Vec<(KeyValue, Vec<(usize, KeyValue)>)> {
+    let mut groups: Vec<(KeyValue, Vec<(usize, KeyValue)>)> = Vec::new();
+    for &(i, value) in items {
+        match groups.iter_mut().find(|(v, _)| *v == value) {
+            Some((_, members)) => members.push((i, value)),
+            None => groups.push((value, vec![(i, value)])),
+        }
+    }
+    groups
+}
+
+/// Polls every future concurrently and returns their outputs in order.
+async fn join_all<T>(mut futures: Vec<BoxRun<'_, T>>) -> Vec<T> {
+    let mut results: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(results.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => *slot = Some(r),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+impl RedisBackend {
+    /// Wraps a single-server result in the per-item shape of [`Stage::run_grouped`].
+    fn spread((limited, used): (bool, Vec<u64>)) -> (Vec<bool>, Vec<u64>) {
+        (vec![limited; used.len()], used)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn store_errors_logged_at_most_once_per_interval() {
+        // The pool is lazy: nothing connects here.
+        let backend = RedisBackend::new(RedisPool::from_url("redis://127.0.0.1:1").unwrap());
+        let e = StoreError::Timeout;
+        assert!(backend.log_error(5, &e, OnStoreError::Local));
+        assert!(!backend.log_error(6, &e, OnStoreError::Local));
+        assert!(!backend.log_error(5 + LOG_EVERY_MS - 1, &e, OnStoreError::Local));
+        assert_eq!(backend.suppressed.load(Ordering::Relaxed), 2);
+        assert!(backend.log_error(5 + LOG_EVERY_MS, &e, OnStoreError::Local));
+        assert_eq!(backend.suppressed.load(Ordering::Relaxed), 0);
+    }
+}
