@@ -56,6 +56,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::ConnectInfo;
+use axum::extract::connect_info::MockConnectInfo;
 use http::{HeaderMap, HeaderName, Request};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -409,9 +410,11 @@ pub fn client_info<B>(req: &Request<B>) -> ClientInfo {
 }
 
 fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
+    let ext = req.extensions();
+    ext.get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
+        // axum's test helper, so `MockConnectInfo` works as it does for the extractor.
+        .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|c| c.0))
 }
 
 /// Computes the [`ClientInfo`] once per request and stores it in the extensions.
