@@ -36,9 +36,8 @@
 //! exempt from both checks: orchestrators call them over plain HTTP by pod IP.
 //!
 //! ```
-//! use axum::{Router, routing::get, extract::connect_info::MockConnectInfo};
+//! use axum::{Router, routing::get};
 //! use palisade::https::HttpsLayer;
-//! use std::net::SocketAddr;
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -49,8 +48,7 @@
 //!     .unwrap();
 //! let app = Router::new()
 //!     .route("/hello", get(|| async { "hello" }))
-//!     .layer(layer)
-//!     .layer(MockConnectInfo(SocketAddr::from(([203, 0, 113, 9], 5000))));
+//!     .layer(layer);
 //! let req = |host: &str| {
 //!     http::Request::get("/hello?x=1").header("host", host).body(axum::body::Body::empty()).unwrap()
 //! };
