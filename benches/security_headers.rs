@@ -4,7 +4,8 @@
 //!
 //! Every router is finalized with `.with_state(())` (as `into_make_service` does), so a
 //! request clones the built middleware stack once instead of rebuilding it. Requests
-//! carry `ConnectInfo` and the `ConnectionTls` marker, so HSTS is due on all of them.
+//! carry `ConnectInfo`, the `ConnectionTls` marker and the `ClientInfo` that palisade's
+//! client-identity layer would have computed, so HSTS is due on all of them.
 //!
 //! `cargo bench --bench security_headers`
 
@@ -17,29 +18,44 @@ use axum::extract::ConnectInfo;
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderName, HeaderValue, Request};
-use palisade::client_ip::ConnectionTls;
+use palisade::client_ip::{ClientInfo, ConnectionTls, Scheme};
 use palisade::config::security_headers::Profile;
 use palisade::security_headers::SecurityHeadersLayer;
-use tower::ServiceExt;
 use tower::ServiceBuilder;
+use tower::ServiceExt;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The perf-anchors "headers" set: 8 headers.
 const EIGHT: &[(&str, &str)] = &[
-    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
-    ("permissions-policy", "camera=(), geolocation=(), microphone=()"),
+    (
+        "permissions-policy",
+        "camera=(), geolocation=(), microphone=()",
+    ),
 ];
 
 /// palisade's `api` profile: 10 headers (with HSTS).
 const API: &[(&str, &str)] = &[
-    ("strict-transport-security", "max-age=31536000; includeSubDomains"),
-    ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains",
+    ),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
     ("referrer-policy", "no-referrer"),
@@ -98,6 +114,13 @@ fn request() -> Request<Body> {
     r.extensions_mut()
         .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
     r.extensions_mut().insert(ConnectionTls);
+    // What `ClientIpLayer` (always first in the palisade stack) would have stored.
+    r.extensions_mut().insert(ClientInfo {
+        peer: Some(SocketAddr::from(([127, 0, 0, 1], 40000))),
+        ip: [127, 0, 0, 1].into(),
+        scheme: Scheme::Https,
+        forwarded: false,
+    });
     r
 }
 
@@ -118,10 +141,17 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     // Same headers on both sides, checked once before timing.
+    let count = |router: &Router| {
+        let res = rt
+            .block_on(router.clone().oneshot(request()))
+            .expect("infallible");
+        res.headers().len()
+    };
+    let bare = count(&variants[0].1);
     for (name, router) in &variants[1..] {
-        let res = rt.block_on(router.clone().oneshot(request())).expect("infallible");
-        let n = res.headers().len() - 1; // minus content-type
-        assert!(n == 8 || n == 10, "{name}: {n} headers");
+        let n = count(router) - bare;
+        let want = if name.contains("8") { 8 } else { 10 };
+        assert_eq!(n, want, "{name}: {n} headers added");
     }
     let mut g = c.benchmark_group("security_headers");
     for (name, router) in &variants {
@@ -129,7 +159,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(async {
                     let res = router.clone().oneshot(request()).await.expect("infallible");
-                    let body = axum::body::to_bytes(res.into_body(), 64).await.expect("body");
+                    let body = axum::body::to_bytes(res.into_body(), 64)
+                        .await
+                        .expect("body");
                     black_box(body)
                 })
             })

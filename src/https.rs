@@ -352,7 +352,10 @@ fn compile(cfg: &HttpsConfig, trusted: TrustedProxies) -> Result<Shared, ConfigE
     let canonical = cfg.canonical_host.as_deref().and_then(|raw| {
         let key = format!("{KEY}.canonical_host");
         if raw.contains('*') || raw.contains('/') || raw.contains('@') {
-            errors.push(key, format!("{raw:?} must be a plain host name or IP literal"));
+            errors.push(
+                key,
+                format!("{raw:?} must be a plain host name or IP literal"),
+            );
             return None;
         }
         match parse_host(raw.trim()) {
@@ -451,10 +454,10 @@ impl Shared {
                     return Err(HostError::Userinfo);
                 }
                 let a = parse_host(auth.as_str()).map_err(|_| HostError::Invalid)?;
-                if let Some(h) = &from_header {
-                    if h.host != a.host {
-                        return Err(HostError::Mismatch);
-                    }
+                if let Some(h) = &from_header
+                    && h.host != a.host
+                {
+                    return Err(HostError::Mismatch);
                 }
                 a
             }
@@ -487,10 +490,10 @@ impl Shared {
     }
 
     fn decide(&self, req: &Request) -> Option<Response> {
-        if let Some(exempt) = &self.exempt {
-            if exempt.matches_path(req.uri().path()) {
-                return None;
-            }
+        if let Some(exempt) = &self.exempt
+            && exempt.matches_path(req.uri().path())
+        {
+            return None;
         }
         let mut host = None;
         if !self.allowed.is_empty() {
@@ -721,7 +724,14 @@ mod tests {
         assert!(p("example.com:8443").matches(&hp("example.com:8443")));
         assert!(!p("example.com:8443").matches(&hp("example.com")));
         assert!(p("[::1]").matches(&hp("[0::1]:8080")));
-        for bad in ["*", "", "http://example.com", "a.*.com", "*example.com", "ex ample"] {
+        for bad in [
+            "*",
+            "",
+            "http://example.com",
+            "a.*.com",
+            "*example.com",
+            "ex ample",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -96,9 +96,9 @@ use std::task::{Context, Poll, ready};
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts, Request};
 use axum::response::Response;
+use http::StatusCode;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::StatusCode;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -275,10 +275,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CspNonce {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for CspNonce {
     type Rejection = Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        _state: &S,
-    ) -> Result<Option<Self>, Infallible> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Infallible> {
         Ok(parts.extensions.get::<CspNonce>().copied())
     }
 }
@@ -354,10 +351,8 @@ impl Shared {
         for h in &*self.fixed {
             h.apply(headers);
         }
-        if https {
-            if let Some(h) = &self.hsts {
-                h.apply(headers);
-            }
+        if https && let Some(h) = &self.hsts {
+            h.apply(headers);
         }
         if let Some(csp) = &self.nonce_csp {
             let value = nonce
@@ -491,12 +486,12 @@ fn known_name(name: &str) -> Result<HeaderName, String> {
         .map_or(parsed, |k| HeaderName::from_static(k)))
 }
 
-fn header_value(value: &Cow<'static, str>) -> Option<HeaderValue> {
+fn header_value(value: Cow<'static, str>) -> Option<HeaderValue> {
     match value {
         Cow::Borrowed(s) => HeaderValue::from_str(s)
             .ok()
             .map(|_| HeaderValue::from_static(s)),
-        Cow::Owned(s) => HeaderValue::from_str(s).ok(),
+        Cow::Owned(s) => HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok(),
     }
 }
 
@@ -546,7 +541,9 @@ fn compile(cfg: &SecurityHeadersConfig) -> Result<Shared, ConfigError> {
         if FORBIDDEN.contains(&n.as_str()) {
             errors.push(
                 key,
-                format!("{name:?} frames the message or belongs to the handler; not a security header"),
+                format!(
+                    "{name:?} frames the message or belongs to the handler; not a security header"
+                ),
             );
             continue;
         }
@@ -592,8 +589,7 @@ fn compile(cfg: &SecurityHeadersConfig) -> Result<Shared, ConfigError> {
     let hsts_value: Option<Cow<'static, str>> = (cfg.profile != Profile::Off
         && !remove.contains(&header::STRICT_TRANSPORT_SECURITY))
     .then(|| {
-        if cfg.hsts_max_age_s == 31_536_000 && cfg.hsts_include_subdomains && !cfg.hsts_preload
-        {
+        if cfg.hsts_max_age_s == 31_536_000 && cfg.hsts_include_subdomains && !cfg.hsts_preload {
             Cow::Borrowed("max-age=31536000; includeSubDomains")
         } else {
             let mut v = format!("max-age={}", cfg.hsts_max_age_s);
@@ -648,7 +644,7 @@ fn compile(cfg: &SecurityHeadersConfig) -> Result<Shared, ConfigError> {
                 match nonce_parts(&csp) {
                     Some(parts) => {
                         let len = parts.iter().map(|p| p.len()).sum();
-                        nonce_csp = header_value(&csp).map(|fallback| NonceCsp {
+                        nonce_csp = header_value(csp.clone()).map(|fallback| NonceCsp {
                             parts,
                             len,
                             force: is_forced(&header::CONTENT_SECURITY_POLICY),
@@ -675,14 +671,14 @@ fn compile(cfg: &SecurityHeadersConfig) -> Result<Shared, ConfigError> {
     let fixed: Vec<Fixed> = entries
         .iter()
         .filter_map(|(n, v)| {
-            header_value(v).map(|value| Fixed {
+            header_value(v.clone()).map(|value| Fixed {
                 name: n.clone(),
                 value,
                 force: is_forced(n),
             })
         })
         .collect();
-    let hsts = hsts_value.as_ref().and_then(header_value).map(|value| Fixed {
+    let hsts = hsts_value.and_then(header_value).map(|value| Fixed {
         name: header::STRICT_TRANSPORT_SECURITY,
         value,
         force: is_forced(&header::STRICT_TRANSPORT_SECURITY),
@@ -815,7 +811,13 @@ pub(crate) fn validate_value(name: &HeaderName, raw: &str) -> Result<(), String>
         "origin-agent-cluster" => one_of(value, &["?1", "?0"]),
         "x-permitted-cross-domain-policies" => one_of(
             value,
-            &["none", "master-only", "by-content-type", "by-ftp-filename", "all"],
+            &[
+                "none",
+                "master-only",
+                "by-content-type",
+                "by-ftp-filename",
+                "all",
+            ],
         ),
         "x-dns-prefetch-control" => one_of(value, &["off", "on"]),
         "x-download-options" => one_of(value, &["noopen"]),
@@ -895,9 +897,7 @@ pub(crate) fn validate_csp(csp: &str) -> Result<(), String> {
                     .iter()
                     .any(|p| lower.starts_with(p))
             {
-                return Err(format!(
-                    "{token:?} in {name:?} must be quoted: '{token}'"
-                ));
+                return Err(format!("{token:?} in {name:?} must be quoted: '{token}'"));
             }
             if let Some(inner) = token.strip_prefix('\'') {
                 let Some(inner) = inner.strip_suffix('\'') else {
@@ -913,7 +913,8 @@ pub(crate) fn validate_csp(csp: &str) -> Result<(), String> {
                     inner.strip_prefix(p).is_some_and(|b64| {
                         !b64.is_empty()
                             && b64.bytes().all(|b| {
-                                b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=')
+                                b.is_ascii_alphanumeric()
+                                    || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=')
                             })
                     })
                 });
@@ -1098,11 +1099,27 @@ mod tests {
     fn csp_grammar() {
         assert!(validate_csp("default-src 'self'; img-src https: data:").is_ok());
         assert!(validate_csp(HELMET_CSP).is_ok());
-        assert!(validate_csp("default-src self").unwrap_err().contains("quoted"));
-        assert!(validate_csp("default-src 'none'; default-src 'self'").unwrap_err().contains("twice"));
-        assert!(validate_csp("defualt-src 'self'").unwrap_err().contains("unknown"));
+        assert!(
+            validate_csp("default-src self")
+                .unwrap_err()
+                .contains("quoted")
+        );
+        assert!(
+            validate_csp("default-src 'none'; default-src 'self'")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            validate_csp("defualt-src 'self'")
+                .unwrap_err()
+                .contains("unknown")
+        );
         assert!(validate_csp("default-src 'self', img-src *").is_err());
-        assert!(validate_csp("script-src 'nonce-abc'").unwrap_err().contains("csp_nonce"));
+        assert!(
+            validate_csp("script-src 'nonce-abc'")
+                .unwrap_err()
+                .contains("csp_nonce")
+        );
         assert!(validate_csp("script-src 'sha256-abc='").is_ok());
         assert!(validate_csp("script-src 'unsafe-inlin'").is_err());
         assert!(validate_csp("script-src 'self").is_err());
@@ -1112,12 +1129,15 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         let mut c = cfg();
-        c.set.insert("x-frame-options".into(), "ALLOW-FROM x".into());
-        c.set.insert("content-security-policy".into(), "default-src self".into());
+        c.set
+            .insert("x-frame-options".into(), "ALLOW-FROM x".into());
+        c.set
+            .insert("content-security-policy".into(), "default-src self".into());
         c.set.insert("x-custom".into(), "a\u{7f}b".into());
         c.set.insert("bad name".into(), "x".into());
         c.set.insert("content-length".into(), "1".into());
-        c.set.insert("strict-transport-security".into(), "max-age=1".into());
+        c.set
+            .insert("strict-transport-security".into(), "max-age=1".into());
         c.remove.push("host".into());
         c.override_headers.push("permissions-policy".into());
         c.exclude_paths.push("nope".into());
@@ -1163,19 +1183,33 @@ mod tests {
         let b = CspNonce::generate().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 24);
-        assert!(a.as_str().ends_with("=="), "16 bytes encode to 22 chars + padding");
+        assert!(
+            a.as_str().ends_with("=="),
+            "16 bytes encode to 22 chars + padding"
+        );
     }
 
     #[test]
     fn set_overrides_profile_and_remove_drops() {
         let mut c = cfg();
         c.set.insert("X-Frame-Options".into(), "SAMEORIGIN".into());
-        c.set.insert("permissions-policy".into(), "camera=(), geolocation=(self)".into());
+        c.set.insert(
+            "permissions-policy".into(),
+            "camera=(), geolocation=(self)".into(),
+        );
         c.remove.push("x-dns-prefetch-control".into());
         let s = compile(&c).unwrap();
-        let get = |n: &str| s.fixed.iter().find(|f| f.name == n).map(|f| f.value.clone());
+        let get = |n: &str| {
+            s.fixed
+                .iter()
+                .find(|f| f.name == n)
+                .map(|f| f.value.clone())
+        };
         assert_eq!(get("x-frame-options").unwrap(), "SAMEORIGIN");
-        assert_eq!(get("permissions-policy").unwrap(), "camera=(), geolocation=(self)");
+        assert_eq!(
+            get("permissions-policy").unwrap(),
+            "camera=(), geolocation=(self)"
+        );
         assert!(get("x-dns-prefetch-control").is_none());
         assert!(s.remove.contains(&header::X_DNS_PREFETCH_CONTROL));
     }

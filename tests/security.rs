@@ -1,6 +1,7 @@
 //! Security headers, HSTS, HTTPS redirect and host validation, through the full
 //! `Palisade` stack (client identity included) and through the layers alone.
 #![cfg(all(feature = "security-headers", feature = "https"))]
+#![allow(clippy::unwrap_used)] // test helpers
 
 use std::net::SocketAddr;
 
@@ -23,7 +24,10 @@ const PROXY: [u8; 4] = [10, 0, 0, 1];
 fn app_routes() -> Router {
     Router::new()
         .route("/ok", get(|| async { "ok" }))
-        .route("/items/{id}", get(|| async { "item" }).post(|| async { "posted" }))
+        .route(
+            "/items/{id}",
+            get(|| async { "item" }).post(|| async { "posted" }),
+        )
         .route(
             "/teapot",
             get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
@@ -244,12 +248,19 @@ async fn handler_wins_unless_configured_to_override_and_never_duplicates() {
     let app = stack("").await;
     let res = send(&app, get_from("/framed", "x")).await;
     let xfo: Vec<_> = res.headers().get_all("x-frame-options").iter().collect();
-    assert_eq!(xfo, ["SAMEORIGIN", "ALLOWALL"], "handler's own values kept as is");
+    assert_eq!(
+        xfo,
+        ["SAMEORIGIN", "ALLOWALL"],
+        "handler's own values kept as is"
+    );
     assert_eq!(
         one(&res, "content-security-policy").as_deref(),
         Some("frame-ancestors https://partner.example")
     );
-    assert_eq!(one(&res, "x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(
+        one(&res, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
 
     let app = stack(
         r#"
@@ -348,10 +359,7 @@ async fn hsts_only_for_requests_judged_https() {
         Some(hsts)
     );
 
-    let app = stack(
-        "[security_headers]\nhsts_max_age_s = 63072000\nhsts_preload = true\n",
-    )
-    .await;
+    let app = stack("[security_headers]\nhsts_max_age_s = 63072000\nhsts_preload = true\n").await;
     let mut r = get_from("/ok", "x");
     r.extensions_mut().insert(ConnectionTls);
     assert_eq!(
@@ -384,7 +392,10 @@ async fn csp_nonce_is_fresh_per_request_and_marks_the_response() {
             csp.contains(&format!(";script-src 'self' 'nonce-{nonce}';")),
             "{csp}"
         );
-        assert!(csp.contains(&format!("'unsafe-inline' 'nonce-{nonce}';")), "{csp}");
+        assert!(
+            csp.contains(&format!("'unsafe-inline' 'nonce-{nonce}';")),
+            "{csp}"
+        );
         // 128 bits: 16 bytes, base64.
         assert_eq!(nonce.len(), 24);
         seen.push(nonce);
@@ -411,7 +422,10 @@ async fn layer_alone_with_builder() {
         .unwrap();
     let app = app_routes().layer(layer);
     let res = send(&app, get_from("/leaky", "x")).await;
-    assert_eq!(one(&res, "x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(
+        one(&res, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
     assert_eq!(one(&res, "x-frame-options"), None);
     // `off` removes nothing it was not told to.
     assert_eq!(one(&res, "server").as_deref(), Some("nginx/1.2.3"));
@@ -482,12 +496,22 @@ async fn plain_http_is_redirected_with_path_and_query() {
     assert_eq!(one(&res, "strict-transport-security"), None);
     // Case, trailing dot and the plain-HTTP port are normalized away.
     let res = send(&app, get_from("/ok", "API.Example.COM.:8080")).await;
-    assert_eq!(location(&res).as_deref(), Some("https://api.example.com/ok"));
+    assert_eq!(
+        location(&res).as_deref(),
+        Some("https://api.example.com/ok")
+    );
     // Wildcard subdomains.
     let res = send(&app, get_from("/ok", "eu.api.example.net")).await;
-    assert_eq!(location(&res).as_deref(), Some("https://eu.api.example.net/ok"));
+    assert_eq!(
+        location(&res).as_deref(),
+        Some("https://eu.api.example.net/ok")
+    );
     // POST keeps its method with 308.
-    let res = send(&app, req("POST", "/items/1", CLIENT, &[("host", "api.example.com")])).await;
+    let res = send(
+        &app,
+        req("POST", "/items/1", CLIENT, &[("host", "api.example.com")]),
+    )
+    .await;
     assert_eq!(res.status(), 308);
 }
 
@@ -505,44 +529,125 @@ async fn protocol_relative_paths_stay_on_the_host() {
     }
 }
 
+/// (request target, headers, expected status).
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], StatusCode);
+
 #[tokio::test]
 async fn host_attacks_never_redirect() {
     let app = stack(HOSTS).await;
-    let cases: &[(&str, &[(&str, &str)], StatusCode)] = &[
-        ("/x", &[("host", "evil.com")], StatusCode::MISDIRECTED_REQUEST),
-        ("/x", &[("host", "EVIL.com")], StatusCode::MISDIRECTED_REQUEST),
-        ("/x", &[("host", "evil.com:443")], StatusCode::MISDIRECTED_REQUEST),
-        ("/x", &[("host", "evil.com.")], StatusCode::MISDIRECTED_REQUEST),
-        ("/x", &[("host", "api.example.com.evil.com")], StatusCode::MISDIRECTED_REQUEST),
-        ("/x", &[("host", "example.net")], StatusCode::MISDIRECTED_REQUEST),
-        ("/x", &[("host", "badexample.net")], StatusCode::MISDIRECTED_REQUEST),
+    let cases: &[Case] = &[
+        (
+            "/x",
+            &[("host", "evil.com")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "EVIL.com")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "evil.com:443")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "evil.com.")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "api.example.com.evil.com")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "example.net")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "badexample.net")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
         // IDN lookalike of api.example.com, in punycode: a different name.
-        ("/x", &[("host", "xn--pi-7ka.example.com")], StatusCode::MISDIRECTED_REQUEST),
-        ("/x", &[("host", "api.example.com@evil.com")], StatusCode::BAD_REQUEST),
-        ("/x", &[("host", "api.example.com:pass@evil.com")], StatusCode::BAD_REQUEST),
+        (
+            "/x",
+            &[("host", "xn--pi-7ka.example.com")],
+            StatusCode::MISDIRECTED_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "api.example.com@evil.com")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "api.example.com:pass@evil.com")],
+            StatusCode::BAD_REQUEST,
+        ),
         ("/x", &[("host", "")], StatusCode::BAD_REQUEST),
         ("/x", &[], StatusCode::BAD_REQUEST),
-        ("/x", &[("host", "api.example.com"), ("host", "evil.com")], StatusCode::BAD_REQUEST),
-        ("/x", &[("host", "api.example.com"), ("host", "api.example.com")], StatusCode::BAD_REQUEST),
-        ("/x", &[("host", "api.example.com evil.com")], StatusCode::BAD_REQUEST),
-        ("/x", &[("host", "api.example.com\tevil.com")], StatusCode::BAD_REQUEST),
-        ("/x", &[("host", "evil.com/api.example.com")], StatusCode::BAD_REQUEST),
-        ("/x", &[("host", "api.example.com:99999")], StatusCode::BAD_REQUEST),
+        (
+            "/x",
+            &[("host", "api.example.com"), ("host", "evil.com")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "api.example.com"), ("host", "api.example.com")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "api.example.com evil.com")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "api.example.com\tevil.com")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "evil.com/api.example.com")],
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/x",
+            &[("host", "api.example.com:99999")],
+            StatusCode::BAD_REQUEST,
+        ),
         // Absolute-form target naming another host than Host.
-        ("http://evil.com/x", &[("host", "api.example.com")], StatusCode::BAD_REQUEST),
+        (
+            "http://evil.com/x",
+            &[("host", "api.example.com")],
+            StatusCode::BAD_REQUEST,
+        ),
         // Absolute-form target alone: its authority is the host, and it is checked.
         ("http://evil.com/x", &[], StatusCode::MISDIRECTED_REQUEST),
-        ("http://api.example.com@evil.com/x", &[], StatusCode::BAD_REQUEST),
+        (
+            "http://api.example.com@evil.com/x",
+            &[],
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     for (uri, headers, status) in cases {
         let res = send(&app, req("GET", uri, CLIENT, headers)).await;
         assert_eq!(res.status(), *status, "{uri} {headers:?}");
         assert_eq!(location(&res), None, "{uri} {headers:?}");
-        assert_eq!(one(&res, "content-type").as_deref(), Some("application/problem+json"));
+        assert_eq!(
+            one(&res, "content-type").as_deref(),
+            Some("application/problem+json")
+        );
         let reason = res.extensions().get::<Rejection>().unwrap().reason;
         assert_ne!(reason, "redirect");
         let text = body(res).await;
-        assert!(!text.contains("evil"), "the body never reflects the host: {text}");
+        assert!(
+            !text.contains("evil"),
+            "the body never reflects the host: {text}"
+        );
     }
     // Non-ASCII (an IDN in UTF-8) is not a valid Host value.
     let mut r = get_from("/x", "x");
@@ -555,10 +660,18 @@ async fn host_attacks_never_redirect() {
     // Absolute-form that agrees with Host is fine.
     let res = send(
         &app,
-        req("GET", "http://api.example.com/x?q", CLIENT, &[("host", "api.example.com")]),
+        req(
+            "GET",
+            "http://api.example.com/x?q",
+            CLIENT,
+            &[("host", "api.example.com")],
+        ),
     )
     .await;
-    assert_eq!(location(&res).as_deref(), Some("https://api.example.com/x?q"));
+    assert_eq!(
+        location(&res).as_deref(),
+        Some("https://api.example.com/x?q")
+    );
 }
 
 #[tokio::test]
@@ -594,14 +707,20 @@ async fn https_port_and_canonical_host() {
     )
     .await;
     let res = send(&app, get_from("/ok", "api.example.com:8080")).await;
-    assert_eq!(location(&res).as_deref(), Some("https://api.example.com:8443/ok"));
+    assert_eq!(
+        location(&res).as_deref(),
+        Some("https://api.example.com:8443/ok")
+    );
 
     // A canonical host alone: every plain-HTTP request goes there, whatever its Host.
     let app = stack("[https]\ncanonical_host = \"www.example.com\"\n").await;
     for host in ["evil.com", "www.example.com", "a@b"] {
         let res = send(&app, get_from("/p?q=1", host)).await;
         assert_eq!(res.status(), 308);
-        assert_eq!(location(&res).as_deref(), Some("https://www.example.com/p?q=1"));
+        assert_eq!(
+            location(&res).as_deref(),
+            Some("https://www.example.com/p?q=1")
+        );
     }
 }
 
@@ -613,14 +732,22 @@ async fn status_is_configurable_and_301_keeps_methods_safe() {
     let app = stack(&format!("{HOSTS}status = 301\n")).await;
     let res = send(&app, get_from("/ok", "api.example.com")).await;
     assert_eq!(res.status(), StatusCode::MOVED_PERMANENTLY);
-    let res = send(&app, req("POST", "/items/1", CLIENT, &[("host", "api.example.com")])).await;
+    let res = send(
+        &app,
+        req("POST", "/items/1", CLIENT, &[("host", "api.example.com")]),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::PERMANENT_REDIRECT);
 }
 
 #[tokio::test]
 async fn reject_mode_answers_400_problem() {
     let app = stack(&format!("{HOSTS}mode = \"reject\"\n")).await;
-    let res = send(&app, req("POST", "/items/1", CLIENT, &[("host", "api.example.com")])).await;
+    let res = send(
+        &app,
+        req("POST", "/items/1", CLIENT, &[("host", "api.example.com")]),
+    )
+    .await;
     assert_eq!(res.status(), 400);
     assert_eq!(location(&res), None);
     assert_eq!(
@@ -637,7 +764,10 @@ async fn reject_mode_answers_400_problem() {
 
 #[tokio::test]
 async fn spoofed_proto_from_untrusted_peer_is_still_redirected() {
-    let app = stack(&format!("{HOSTS}\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n")).await;
+    let app = stack(&format!(
+        "{HOSTS}\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n"
+    ))
+    .await;
     for spoof in [
         ("x-forwarded-proto", "https"),
         ("x-forwarded-proto", "http, https"),
@@ -686,7 +816,10 @@ async fn forwarded_host_only_from_trusted_proxies_and_still_checked() {
         "GET",
         "/ok",
         PROXY,
-        &[("host", "api.example.com"), ("x-forwarded-host", "eu.example.net")],
+        &[
+            ("host", "api.example.com"),
+            ("x-forwarded-host", "eu.example.net"),
+        ],
     );
     assert_eq!(
         location(&send(&app, r).await).as_deref(),
@@ -699,7 +832,10 @@ async fn forwarded_host_only_from_trusted_proxies_and_still_checked() {
         "GET",
         "/ok",
         PROXY,
-        &[("host", "backend:8080"), ("x-forwarded-host", "evil.com, eu.example.net")],
+        &[
+            ("host", "backend:8080"),
+            ("x-forwarded-host", "evil.com, eu.example.net"),
+        ],
     );
     assert_eq!(
         location(&send(&app, r).await).as_deref(),
@@ -709,7 +845,10 @@ async fn forwarded_host_only_from_trusted_proxies_and_still_checked() {
         "GET",
         "/ok",
         PROXY,
-        &[("host", "api.example.com"), ("x-forwarded-host", "evil.com")],
+        &[
+            ("host", "api.example.com"),
+            ("x-forwarded-host", "evil.com"),
+        ],
     );
     let res = send(&app, r).await;
     assert_eq!(res.status(), 421);
@@ -719,7 +858,10 @@ async fn forwarded_host_only_from_trusted_proxies_and_still_checked() {
         "GET",
         "/ok",
         CLIENT,
-        &[("host", "api.example.com"), ("x-forwarded-host", "evil.com")],
+        &[
+            ("host", "api.example.com"),
+            ("x-forwarded-host", "evil.com"),
+        ],
     );
     assert_eq!(
         location(&send(&app, r).await).as_deref(),
@@ -807,7 +949,10 @@ async fn raw_wire_host_attacks() {
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 308"), "{text}");
-    assert!(text.contains("location: https://api.example.com/x?y\r\n"), "{text}");
+    assert!(
+        text.contains("location: https://api.example.com/x?y\r\n"),
+        "{text}"
+    );
     server.abort();
 }
 
