@@ -12,7 +12,7 @@
 //!    willing to produce an authoritative response for the target URI"), which also
 //!    tells a client that reused a connection for another name to retry elsewhere.
 //! 2. **HTTPS enforcement.** A plain-HTTP request, judged by
-//!    [`client_info`](crate::client_ip::client_info) (the connection itself, or
+//!    [`client_info`] (the connection itself, or
 //!    `X-Forwarded-Proto`/`Forwarded: proto=` from a *trusted* proxy only), is redirected
 //!    to `https://` with the same path and query (**308** by default; 307 or 301 by
 //!    config, 301 only for GET/HEAD because user agents turn a redirected POST into a
