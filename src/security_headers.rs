@@ -50,9 +50,11 @@
 //!
 //! With `csp_nonce = true` every request gets a fresh 128-bit nonce from the OS
 //! CSPRNG. Handlers read it as a [`CspNonce`] extractor and put it in their `<script
-//! nonce="...">` tags; the CSP of the response allows exactly that nonce. The same
-//! `CspNonce` is put into the **response** extensions, and the request that reaches the
-//! cache carries it: a page containing a nonce must never be cached and replayed.
+//! nonce="...">` tags; the CSP of the response allows exactly that nonce. A page
+//! containing a nonce must never be cached and replayed, so the nonce is visible to
+//! caches on both sides of this layer: layers **inside** it (palisade's response cache)
+//! find `CspNonce` in the **request** extensions, before the CSP header exists; layers
+//! **outside** it find the same `CspNonce` in the **response** extensions.
 //!
 //! ```
 //! use axum::{Router, routing::get, response::Html};
