@@ -85,8 +85,9 @@
 //!
 //! # Cost
 //!
-//! Every value is a pre-built `HeaderValue`; per response the layer makes one
-//! `reserve` and one hash lookup per header, in a hand-written future (no boxing).
+//! The whole header set is a `HeaderMap` built and hashed once, at build time. Per
+//! response the layer clones it (two allocations, no hashing) and re-inserts the
+//! handler's own few headers over it, in a hand-written future (no boxing).
 //! `benches/security_headers.rs` compares it with tower-http's `SetResponseHeader`.
 
 use std::borrow::Cow;
@@ -332,29 +333,72 @@ impl NonceCsp {
     }
 }
 
+/// The finished header set for one scheme, hashed once at build time.
+#[derive(Debug)]
+struct Template {
+    headers: HeaderMap,
+    /// Names in `headers` whose value beats the handler's.
+    forced: Box<[HeaderName]>,
+}
+
+impl Template {
+    fn new<'a>(fixed: impl Iterator<Item = &'a Fixed>) -> Self {
+        let mut headers = HeaderMap::new();
+        let mut forced = Vec::new();
+        for f in fixed {
+            headers.insert(f.name.clone(), f.value.clone());
+            if f.force {
+                forced.push(f.name.clone());
+            }
+        }
+        Self {
+            headers,
+            forced: forced.into(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
-    fixed: Box<[Fixed]>,
-    hsts: Option<Fixed>,
+    /// Without HSTS (plain-HTTP requests).
+    http: Template,
+    /// With HSTS, when configured.
+    https: Template,
     nonce_csp: Option<NonceCsp>,
     remove: Box<[HeaderName]>,
     exclude: Option<RouteMatcher>,
-    reserve: usize,
 }
 
 impl Shared {
+    /// Starts from a clone of the pre-hashed template (no per-header hashing for our
+    /// headers) and re-inserts the handler's own headers over it, so the handler's
+    /// value wins unless the name is forced, and removed names are dropped.
     #[inline]
     fn apply(&self, res: &mut Response, https: bool, nonce: Option<CspNonce>) {
+        let template = if https { &self.https } else { &self.http };
         let headers = res.headers_mut();
-        for name in &*self.remove {
-            headers.remove(name);
-        }
-        headers.reserve(self.reserve);
-        for h in &*self.fixed {
-            h.apply(headers);
-        }
-        if https && let Some(h) = &self.hsts {
-            h.apply(headers);
+        let own = std::mem::replace(headers, template.headers.clone());
+        if !own.is_empty() {
+            headers.reserve(own.len());
+            let mut current: Option<HeaderName> = None;
+            for (name, value) in own {
+                match name {
+                    Some(name) => {
+                        if self.remove.contains(&name) || template.forced.contains(&name) {
+                            current = None;
+                        } else {
+                            headers.insert(&name, value);
+                            current = Some(name);
+                        }
+                    }
+                    // Further values of the same name: keep them all, as the handler did.
+                    None => {
+                        if let Some(name) = &current {
+                            headers.append(name, value);
+                        }
+                    }
+                }
+            }
         }
         if let Some(csp) = &self.nonce_csp {
             let value = nonce
@@ -685,14 +729,12 @@ fn compile(cfg: &SecurityHeadersConfig) -> Result<Shared, ConfigError> {
         value,
         force: is_forced(&header::STRICT_TRANSPORT_SECURITY),
     });
-    let reserve = fixed.len() + usize::from(hsts.is_some()) + usize::from(nonce_csp.is_some());
     errors.and_ok(Shared {
-        fixed: fixed.into(),
-        hsts,
+        http: Template::new(fixed.iter()),
+        https: Template::new(fixed.iter().chain(&hsts)),
         nonce_csp,
         remove: remove.into(),
         exclude: (!exclude.is_empty()).then(|| RouteMatcher::from_patterns(exclude, Vec::new())),
-        reserve,
     })
 }
 
@@ -1002,7 +1044,9 @@ where
             Some(m) => !m.matches_path(req.uri().path()),
             None => true,
         };
-        let https = apply && shared.hsts.is_some() && client_info(&req).scheme == Scheme::Https;
+        let https = apply
+            && shared.https.headers.len() > shared.http.headers.len()
+            && client_info(&req).scheme == Scheme::Https;
         let nonce = if apply && shared.nonce_csp.is_some() {
             let n = CspNonce::generate();
             match n {
@@ -1201,12 +1245,7 @@ mod tests {
         );
         c.remove.push("x-dns-prefetch-control".into());
         let s = compile(&c).unwrap();
-        let get = |n: &str| {
-            s.fixed
-                .iter()
-                .find(|f| f.name == n)
-                .map(|f| f.value.clone())
-        };
+        let get = |n: &str| s.http.headers.get(n).cloned();
         assert_eq!(get("x-frame-options").unwrap(), "SAMEORIGIN");
         assert_eq!(
             get("permissions-policy").unwrap(),
