@@ -32,8 +32,9 @@
 //!
 //! Enforcement is on as soon as `canonical_host` or `allowed_hosts` is configured,
 //! and off otherwise, so the quickstart with an empty config still answers on
-//! `http://127.0.0.1:8080`. Health and readiness probes (`/health`, `/ready`) are
-//! exempt from both checks: orchestrators call them over plain HTTP by pod IP.
+//! `http://127.0.0.1:8080`. Health and readiness probes and the metrics scrape
+//! (`/health`, `/ready`, `/metrics`) are exempt from both checks: orchestrators and
+//! Prometheus call them over plain HTTP by pod IP.
 //!
 //! ```
 //! use axum::{Router, routing::get};
@@ -282,7 +283,7 @@ impl HttpsBuilder {
         self
     }
 
-    /// Replaces the exempt path patterns (default `/health`, `/ready`).
+    /// Replaces the exempt path patterns (default `/health`, `/ready`, `/metrics`).
     pub fn exempt_paths(mut self, patterns: &[&str]) -> Self {
         self.config.exempt_paths = patterns.iter().map(|p| (*p).to_owned()).collect();
         self

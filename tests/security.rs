@@ -969,3 +969,41 @@ async fn https_layer_alone_is_a_plain_tower_layer() {
     assert_eq!(res.status(), 308);
     assert_eq!(location(&res).as_deref(), Some("https://example.com/?a=b"));
 }
+
+/// The snippet proposed for `examples/production.toml` builds and behaves as commented.
+#[tokio::test]
+async fn production_snippet() {
+    let app = stack(
+        r#"
+[security_headers]
+profile = "api"
+set = { "permissions-policy" = "camera=(), microphone=(), geolocation=(), payment=()" }
+remove = []
+override_headers = []
+exclude_paths = []
+csp_nonce = false
+hsts_max_age_s = 31536000
+hsts_include_subdomains = true
+hsts_preload = false
+
+[https]
+redirect = false
+status = 308
+mode = "redirect"
+allowed_hosts = ["127.0.0.1", "localhost", "[::1]"]
+exempt_paths = ["/health", "/ready", "/metrics"]
+trust_forwarded_host = false
+"#,
+    )
+    .await;
+    let res = send(&app, get_from("/ok", "127.0.0.1:8080")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        one(&res, "permissions-policy").as_deref(),
+        Some("camera=(), microphone=(), geolocation=(), payment=()")
+    );
+    let res = send(&app, get_from("/ok", "evil.com")).await;
+    assert_eq!(res.status(), 421);
+    let res = send(&app, get_from("/health", "10.0.0.7:8080")).await;
+    assert_eq!(res.status(), 200);
+}

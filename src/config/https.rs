@@ -24,7 +24,7 @@ pub enum HttpsMode {
 /// mode = "redirect"            # "redirect" | "reject" (400)
 /// canonical_host = "api.example.com"
 /// allowed_hosts = ["api.example.com", "*.example.com"]
-/// exempt_paths = ["/health", "/ready"]
+/// exempt_paths = ["/health", "/ready", "/metrics"]
 /// # https_port = 8443          # default 443 (omitted from the Location)
 /// trust_forwarded_host = false
 /// ```
@@ -46,7 +46,8 @@ pub struct HttpsConfig {
     /// Hosts this service answers for: exact names, IP literals (`[::1]`) and
     /// `*.example.com` (subdomains only). Empty means the Host is not checked.
     pub allowed_hosts: Vec<String>,
-    /// Route patterns never redirected nor host-checked (probes call by pod IP).
+    /// Route patterns never redirected nor host-checked: probes and Prometheus call
+    /// over plain HTTP by pod IP. Default `/health`, `/ready`, `/metrics`.
     pub exempt_paths: Vec<String>,
     /// The HTTPS port put in redirects; 443 (the default) is omitted.
     pub https_port: Option<u16>,
@@ -63,7 +64,11 @@ impl Default for HttpsConfig {
             mode: HttpsMode::Redirect,
             canonical_host: None,
             allowed_hosts: Vec::new(),
-            exempt_paths: vec!["/health".to_owned(), "/ready".to_owned()],
+            exempt_paths: vec![
+                "/health".to_owned(),
+                "/ready".to_owned(),
+                "/metrics".to_owned(),
+            ],
             https_port: None,
             trust_forwarded_host: false,
         }
