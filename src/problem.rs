@@ -37,6 +37,7 @@ pub struct Rejection {
 /// An RFC 9457 problem details response under construction.
 ///
 /// ```
+/// use axum::response::IntoResponse;
 /// use palisade::problem::Problem;
 /// use http::StatusCode;
 ///
