@@ -145,11 +145,26 @@ pub(crate) fn has_csp_nonce(res: &http::response::Parts) -> bool {
 }
 
 /// The security-headers layer marks responses whose CSP carries a nonce with a
-/// response extension; this is the single place that checks it.
+/// response extension (seen when this layer sits outside it).
 #[cfg(feature = "security-headers")]
-fn has_nonce_marker(_ext: &http::Extensions) -> bool {
-    // `palisade::security_headers::CspNonce` is being added by the security-headers
-    // work; until it lands the header check in `has_csp_nonce` is the detector.
+fn has_nonce_marker(ext: &http::Extensions) -> bool {
+    ext.get::<crate::security_headers::CspNonce>().is_some()
+}
+
+/// Whether the security-headers layer gave this request a CSP nonce. In palisade's
+/// stack the cache sits *inside* that layer, so the response it sees carries neither
+/// the CSP header nor the marker yet; the request's nonce is what tells it the body
+/// may embed a per-request secret.
+pub(crate) fn request_has_csp_nonce<B>(req: &http::Request<B>) -> bool {
+    #[cfg(feature = "security-headers")]
+    if req
+        .extensions()
+        .get::<crate::security_headers::CspNonce>()
+        .is_some()
+    {
+        return true;
+    }
+    let _ = req;
     false
 }
 

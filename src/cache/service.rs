@@ -400,7 +400,13 @@ fn prepare(req: &Request, rule: &Rule) -> Result<Ctx, &'static str> {
         },
         head: req.method() == Method::HEAD,
         shared_credentialed: has_credentials && !rule.per_identity,
-        fill_block: unkeyed.then_some("unkeyed-header"),
+        fill_block: if unkeyed {
+            Some("unkeyed-header")
+        } else if policy::request_has_csp_nonce(req) {
+            Some("csp-nonce")
+        } else {
+            None
+        },
     })
 }
 
