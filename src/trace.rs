@@ -485,7 +485,9 @@ where
         let outcomes = Outcomes::of(&res);
         let status = res.status().as_u16();
         let (parts, body) = res.into_parts();
+        let expected = http_body::Body::size_hint(&body).exact();
         let body = Body::new(LogBody {
+            expected,
             inner: body,
             state: Some(Box::new((finish, outcomes))),
             status,
@@ -501,6 +503,8 @@ struct LogBody {
     state: Option<Box<(Finish, Outcomes)>>,
     status: u16,
     bytes: u64,
+    /// The announced length: hyper drops a body once that many bytes are sent.
+    expected: Option<u64>,
 }
 
 impl http_body::Body for LogBody {
@@ -548,7 +552,7 @@ impl Drop for LogBody {
         if let Some(state) = self.state.take() {
             // hyper stops polling once `is_end_stream` is true (an empty body, or the
             // last frame sent): that is a completed response, not an abort.
-            if http_body::Body::is_end_stream(&self.inner) {
+            if http_body::Body::is_end_stream(&self.inner) || self.expected == Some(self.bytes) {
                 state.0.completed(self.status, self.bytes, &state.1);
             } else {
                 state

@@ -323,3 +323,84 @@ async fn unknown_keys_in_every_section_are_reported_together() {
         assert!(err.has_key(key), "{key} missing from {err}");
     }
 }
+
+/// Over a real socket hyper stops polling a body once its announced length is sent,
+/// so a layer that waits for the body's end would never see it: the cache would never
+/// store and the access log would report every response as aborted.
+#[tokio::test]
+async fn known_length_bodies_over_a_real_socket_are_cached_and_logged_as_completed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let p = stack("[[cache.rules]]\npaths = [\"/items/{id}\"]\nttl_s = 60\n").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(move || {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { axum::Json(serde_json::json!({ "upstream_calls": n })) }
+            }),
+        )
+        .layer(p.layer());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+
+    let (buf, _guard) = capture_logs();
+    let mut responses = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /items/1 HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        responses.push(out.to_ascii_lowercase());
+    }
+    server.abort();
+    assert!(responses[0].contains("x-cache: miss"), "{}", responses[0]);
+    assert!(responses[1].contains("x-cache: hit"), "{}", responses[1]);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let logs = buf.text();
+    assert_eq!(logs.matches("request completed").count(), 2, "{logs}");
+    assert!(!logs.contains("aborted"), "{logs}");
+}
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Captures palisade's JSON log lines on this thread while the guard lives; the test
+/// runtime is current-thread, so the server's tasks log here too.
+fn capture_logs() -> (LogBuf, tracing::dispatcher::DefaultGuard) {
+    let buf = LogBuf::default();
+    let writer = buf.clone();
+    let sub = palisade::telemetry::json_subscriber(
+        &palisade::config::LoggingConfig::default(),
+        move || writer.clone(),
+    )
+    .unwrap();
+    (buf, tracing::subscriber::set_default(sub))
+}

@@ -64,6 +64,15 @@ impl http_body::Body for TeeBody {
                             *this.on_complete = None;
                         } else {
                             copy.extend_from_slice(data);
+                            // hyper stops polling a body once its announced length has
+                            // been sent, so a complete known-length body may never be
+                            // polled to its end: store it as soon as every byte is here.
+                            if this.expected.is_some_and(|n| n == copy.len() as u64)
+                                && let (Some(copy), Some(done)) =
+                                    (this.copy.take(), this.on_complete.take())
+                            {
+                                done(copy.freeze());
+                            }
                         }
                     }
                 } else {
@@ -90,8 +99,9 @@ impl http_body::Body for TeeBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        // Report the end only through `poll_frame`, so completion is always seen.
-        false
+        // Until the copy has been handed over, report the end only through
+        // `poll_frame`, so completion is always seen.
+        self.on_complete.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -671,10 +671,12 @@ fn fill(
     };
     let primary = ctx.key;
     let status = parts.status;
+    // The announced length: the header, or the exact size hint hyper turns into one.
     let expected = parts
         .headers
         .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .or_else(|| http_body::Body::size_hint(&body).exact());
     let swr_ms = shared.swr_ms;
     let sie_ms = shared.sie_ms;
     let shared2 = shared.clone();
