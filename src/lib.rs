@@ -54,6 +54,7 @@
 //! [axum]: https://docs.rs/axum
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod civil;
 pub mod client_ip;
 pub mod config;
 pub mod error;
