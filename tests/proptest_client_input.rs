@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Property tests for the foundation's parsers of client input: forwarding headers,
 //! node addresses and route patterns. Never panic; never trust what an untrusted peer
 //! sends; round-trip what they format.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Whole-stack tests of the foundation: configuration errors from every section are
 //! reported together, the layer order holds (a rejection from an inner layer still
 //! carries the outer layers' work), and client identity cannot be spoofed through the
