@@ -26,7 +26,7 @@ if ! command -v wrk >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 fi
 cargo build --release --quiet --example production
-BIN=target/release/examples/production
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/production
 OUT=$(mktemp -d)
 REDIS_PID=""
 SERVER_PID=""

@@ -348,6 +348,8 @@ fn bench(c: &mut Criterion) {
         });
     }
 
+    paired(&rt, &variants);
+
     let mut group = c.benchmark_group("stack");
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
@@ -365,6 +367,84 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Interleaved, paired timing: on a shared, noisy machine criterion's one-variant-at-a-
+/// time measurement drifts with the background load (bare measured slower than a layered
+/// variant). Here every round times `PAIRED_BATCH` requests of every variant, in a rotated
+/// order, and each variant's added cost is the median over rounds of (variant − bare) in
+/// the same round. `PAIRED_ROUNDS=0` skips this pass.
+fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let rounds = env("PAIRED_ROUNDS", 31);
+    let batch = env("PAIRED_BATCH", 3000);
+    if rounds == 0 || variants.is_empty() {
+        return;
+    }
+    let Some(bare) = variants.iter().position(|(n, _)| *n == "bare") else {
+        return;
+    };
+    let mut samples = vec![Vec::with_capacity(rounds); variants.len()];
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let i = (k + round) % variants.len();
+            let router = &variants[i].1;
+            let ns = rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..batch {
+                    call(router).await;
+                }
+                start.elapsed().as_nanos() as f64 / batch as f64
+            });
+            samples[i].push(ns);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let delta = |i: usize| -> Vec<f64> {
+        samples[i].iter().zip(&samples[bare]).map(|(v, b)| v - b).collect()
+    };
+    let added: Vec<f64> = (0..variants.len()).map(|i| median(delta(i))).collect();
+    println!("\npaired timing: {rounds} rounds x {batch} requests per variant, rotated order");
+    println!("| variant | ns/req (median) | min | max | Δ ns over bare (paired median) | Δ min..max |");
+    println!("|---|---|---|---|---|---|");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let d = delta(i);
+        let (lo, hi) = d.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        let s = &samples[i];
+        let (smin, smax) = s.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        println!(
+            "| {name} | {:.0} | {smin:.0} | {smax:.0} | {:+.0} | {lo:+.0}..{hi:+.0} |",
+            median(s.clone()),
+            added[i]
+        );
+    }
+    let pos = |n: &str| variants.iter().position(|(v, _)| *v == n);
+    println!("\n| palisade variant | Δ ns | anchor | anchor Δ ns | ratio | target | met |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, anchor, target) in [
+        ("palisade/rate_limit", "anchor/tower_governor", 1.0),
+        ("palisade/metrics", "anchor/axum_prometheus", 0.5),
+        ("palisade/security_headers", "anchor/set_response_header_x8", 1.0 / 3.0),
+        ("palisade/access_log", "anchor/trace_json", 0.5),
+        ("palisade/access_log+request_id", "anchor/trace_json", 0.5),
+        ("palisade/full", "anchor/all", 1.0 / 3.0),
+        ("palisade/full-nolog", "anchor/all", 1.0 / 3.0),
+    ] {
+        let (Some(p), Some(a)) = (pos(name), pos(anchor)) else {
+            continue;
+        };
+        let ratio = added[p] / added[a];
+        println!(
+            "| {name} | {:+.0} | {anchor} | {:+.0} | {ratio:.2} | ≤ {target:.2} | {} |",
+            added[p],
+            added[a],
+            if ratio <= target { "yes" } else { "no" }
+        );
+    }
+    println!();
 }
 
 criterion_group!(benches, bench);
