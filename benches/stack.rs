@@ -267,8 +267,14 @@ fn palisade_variants() -> Vec<(&'static str, String)> {
             "palisade/access_log+request_id",
             only("logging", "access_log = true\nrequest_id = true"),
         ),
-        ("palisade/request_id", only("logging", "access_log = false\nrequest_id = true")),
-        ("palisade/security_headers", only("security_headers", "profile = \"api\"")),
+        (
+            "palisade/request_id",
+            only("logging", "access_log = false\nrequest_id = true"),
+        ),
+        (
+            "palisade/security_headers",
+            only("security_headers", "profile = \"api\""),
+        ),
         (
             "palisade/https_host",
             format!("{OFF}\n[https]\nredirect = false\nallowed_hosts = [\"localhost\"]\n"),
@@ -280,7 +286,10 @@ fn palisade_variants() -> Vec<(&'static str, String)> {
             ),
         ),
         ("palisade/full", FULL.to_owned()),
-        ("palisade/full-nolog", FULL.replace("access_log = true", "access_log = false")),
+        (
+            "palisade/full-nolog",
+            FULL.replace("access_log = true", "access_log = false"),
+        ),
     ]
 }
 
@@ -375,7 +384,12 @@ fn bench(c: &mut Criterion) {
 /// order, and each variant's added cost is the median over rounds of (variant − bare) in
 /// the same round. `PAIRED_ROUNDS=0` skips this pass.
 fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
-    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let rounds = env("PAIRED_ROUNDS", 31);
     let batch = env("PAIRED_BATCH", 3000);
     if rounds == 0 || variants.is_empty() {
@@ -404,17 +418,27 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         v[v.len() / 2]
     };
     let delta = |i: usize| -> Vec<f64> {
-        samples[i].iter().zip(&samples[bare]).map(|(v, b)| v - b).collect()
+        samples[i]
+            .iter()
+            .zip(&samples[bare])
+            .map(|(v, b)| v - b)
+            .collect()
     };
     let added: Vec<f64> = (0..variants.len()).map(|i| median(delta(i))).collect();
     println!("\npaired timing: {rounds} rounds x {batch} requests per variant, rotated order");
-    println!("| variant | ns/req (median) | min | max | Δ ns over bare (paired median) | Δ min..max |");
+    println!(
+        "| variant | ns/req (median) | min | max | Δ ns over bare (paired median) | Δ min..max |"
+    );
     println!("|---|---|---|---|---|---|");
     for (i, (name, _)) in variants.iter().enumerate() {
         let d = delta(i);
-        let (lo, hi) = d.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        let (lo, hi) = d
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
         let s = &samples[i];
-        let (smin, smax) = s.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        let (smin, smax) = s
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
         println!(
             "| {name} | {:.0} | {smin:.0} | {smax:.0} | {:+.0} | {lo:+.0}..{hi:+.0} |",
             median(s.clone()),
@@ -427,7 +451,11 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
     for (name, anchor, target) in [
         ("palisade/rate_limit", "anchor/tower_governor", 1.0),
         ("palisade/metrics", "anchor/axum_prometheus", 0.5),
-        ("palisade/security_headers", "anchor/set_response_header_x8", 1.0 / 3.0),
+        (
+            "palisade/security_headers",
+            "anchor/set_response_header_x8",
+            1.0 / 3.0,
+        ),
         ("palisade/access_log", "anchor/trace_json", 0.5),
         ("palisade/access_log+request_id", "anchor/trace_json", 0.5),
         ("palisade/full", "anchor/all", 1.0 / 3.0),
