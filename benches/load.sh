@@ -18,13 +18,15 @@ PAIRS=${PAIRS:-3}
 CONNS=${CONNS:-32}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+# The key of benches/load-*.toml's API-key rule on /hello (sent to bare too, where it is ignored).
+API_KEY_HEADER="x-api-key: bench-key-0123456789abcdef"
 
 if ! command -v wrk >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 fi
 cargo build --release --quiet --example production
-BIN=target/release/examples/production
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/production
 OUT=$(mktemp -d)
 REDIS_PID=""
 SERVER_PID=""
@@ -62,20 +64,37 @@ route_of() {
   esac
 }
 
-run_one() { # variant pair -> appends "variant rps p50_us p99_us" to $OUT/results
+cpu_ticks() { # utime + stime of a PID, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_req" to $OUT/results
   local variant=$1 port route
   port=$(free_port)
   route=$(route_of "$variant")
   # shellcheck disable=SC2046
   PALISADE_SERVER__BIND="127.0.0.1:$port" taskset -c "$SERVER_CPU" "$BIN" $(args_of "$variant") >/dev/null 2>"$OUT/server.err" &
   SERVER_PID=$!
-  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$port$route" >/dev/null 2>&1 && break; sleep 0.05; done
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$port$route" >/dev/null
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port$route" >"$OUT/wrk.txt"
+  local up=""
+  for _ in $(seq 200); do
+    if curl -fs --max-time 1 -H "$API_KEY_HEADER" "http://127.0.0.1:$port$route" >/dev/null 2>&1; then up=1; break; fi
+    sleep 0.05
+  done
+  if [ -z "$up" ]; then
+    echo "load.sh: $variant did not answer 2xx on $route within 10 s:" >&2
+    cat "$OUT/server.err" >&2
+    exit 1
+  fi
+  timeout $((WARMUP + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "$API_KEY_HEADER" "http://127.0.0.1:$port$route" >/dev/null
+  local t0 t1
+  t0=$(cpu_ticks "$SERVER_PID")
+  timeout $((DURATION + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$API_KEY_HEADER" "http://127.0.0.1:$port$route" >"$OUT/wrk.txt"
+  t1=$(cpu_ticks "$SERVER_PID")
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
-  python3 - "$variant" "$OUT/wrk.txt" >>"$OUT/results" <<'PY'
+  python3 - "$variant" "$OUT/wrk.txt" "$((t1 - t0))" "$(getconf CLK_TCK)" >>"$OUT/results" <<'PY'
 import re, sys
 variant, path = sys.argv[1], sys.argv[2]
+ticks, hz = int(sys.argv[3]), int(sys.argv[4])
 text = open(path).read()
 def us(label):
     m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)" % label, text, re.M)
@@ -84,7 +103,8 @@ def us(label):
     return v * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-print(variant, rps, us("50"), us("99"), non2xx.group(1) if non2xx else 0)
+total = int(re.search(r"(\d+) requests in", text).group(1))
+print(variant, rps, us("50"), us("99"), non2xx.group(1) if non2xx else 0, ticks / hz * 1e6 / max(total, 1))
 PY
 }
 
@@ -97,17 +117,27 @@ for pair in $(seq "$PAIRS"); do
   [ "$VARIANTS" = bare ] && run_one bare
 done
 
+if [ -n "$REDIS_PID" ]; then
+  # Proof that the Redis variants used Redis (on_store_error = "local" would hide an outage).
+  echo "redis commandstats (calls):"
+  redis-cli -p "$REDIS_PORT" info commandstats | grep -E 'cmdstat_(evalsha|eval|get|set|mget|script)' | sed 's/usec_per_call/µs_per_call/' || true
+fi
+
 python3 - "$OUT/results" "$DURATION" "$CONNS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for v, rps, p50, p99, non2xx in rows:
-    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(non2xx)))
-bare = statistics.median(r[0] for r in by.get("bare", [(float("nan"),0,0,0)]))
+for v, rps, p50, p99, non2xx, cpu in rows:
+    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(non2xx), float(cpu)))
+bare = statistics.median(r[0] for r in by.get("bare", [(float("nan"),0,0,0,0)]))
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[2]}s, server on one core, medians of {len(by.get('bare', []))} bare runs")
-print("| variant | req/s | ratio vs bare | p50 µs | p99 µs | non-2xx |")
-print("|---|---|---|---|---|---|")
+print("| variant | runs | req/s (median) | ratio vs bare | min..max ratio | p50 µs | p99 µs | server CPU µs/req | non-2xx |")
+print("|---|---|---|---|---|---|---|---|---|")
 for v, rs in by.items():
     rps = statistics.median(r[0] for r in rs)
-    print(f"| {v} | {rps:,.0f} | {rps / bare:.2f} | {statistics.median(r[1] for r in rs):.0f} | {statistics.median(r[2] for r in rs):.0f} | {sum(r[3] for r in rs)} |")
+    lo, hi = min(r[0] for r in rs) / bare, max(r[0] for r in rs) / bare
+    print(f"| {v} | {len(rs)} | {rps:,.0f} | {rps / bare:.2f} | {lo:.2f}..{hi:.2f} | {statistics.median(r[1] for r in rs):.0f} | {statistics.median(r[2] for r in rs):.0f} | {statistics.median(r[4] for r in rs):.1f} | {sum(r[3] for r in rs)} |")
+print("raw runs (variant rps p50 p99 non2xx cpu_us_per_req):")
+for l in open(sys.argv[1]):
+    print("  " + l.strip())
 PY

@@ -16,6 +16,7 @@
 use std::alloc::System;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -65,14 +66,32 @@ async fn call(router: &Router) {
     let _ = axum::body::to_bytes(res.into_body(), usize::MAX).await;
 }
 
+/// Bytes of log output formatted so far (the sink counts what it is given), so the
+/// allocation pass can show that every logging variant really formats its lines with
+/// this subscriber.
+static LOG_BYTES: AtomicU64 = AtomicU64::new(0);
+
+struct CountingSink;
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG_BYTES.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// JSON log lines to a sink, at INFO, for every variant that logs (all formatting
-/// happens, no IO), installed once for the whole run.
+/// happens, no IO), installed once for the whole run. palisade's access log and the
+/// anchor's TraceLayer both go through this one subscriber.
 fn install_subscriber() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let subscriber = tracing_subscriber::fmt()
             .json()
-            .with_writer(std::io::sink)
+            .with_writer(|| CountingSink)
             .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("one subscriber per process");
@@ -201,6 +220,79 @@ fn anchor_all() -> Router {
 /// API-key auth.
 const FULL: &str = include_str!("stack-full.toml");
 
+/// Every layer that is on by default, switched off: what each single-layer variant
+/// starts from (the client-identity layer always runs; it is measured as `palisade/none`).
+const OFF: &str = r#"
+[logging]
+access_log = false
+request_id = false
+[metrics]
+enabled = false
+[security_headers]
+profile = "off"
+"#;
+
+/// One layer on, everything else off (`section` replaces that section of [`OFF`]).
+fn only(section: &str, body: &str) -> String {
+    let mut out = String::new();
+    let mut skip = false;
+    for line in OFF.lines() {
+        if line.starts_with('[') {
+            skip = line == format!("[{section}]");
+        }
+        if !skip {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!("[{section}]\n{body}\n"));
+    out
+}
+
+fn palisade_variants() -> Vec<(&'static str, String)> {
+    vec![
+        ("palisade/none", OFF.to_owned()),
+        (
+            "palisade/rate_limit",
+            format!(
+                "{OFF}\n[rate_limit]\nheaders = \"ietf\"\n[[rate_limit.policies]]\nname = \"per-ip\"\nkey = \"ip\"\nlimit = 1000000\nperiod_s = 1\nburst = 1000000\n"
+            ),
+        ),
+        ("palisade/metrics", only("metrics", "enabled = true")),
+        (
+            "palisade/access_log",
+            only("logging", "access_log = true\nrequest_id = false"),
+        ),
+        (
+            "palisade/access_log+request_id",
+            only("logging", "access_log = true\nrequest_id = true"),
+        ),
+        (
+            "palisade/request_id",
+            only("logging", "access_log = false\nrequest_id = true"),
+        ),
+        (
+            "palisade/security_headers",
+            only("security_headers", "profile = \"api\""),
+        ),
+        (
+            "palisade/https_host",
+            format!("{OFF}\n[https]\nredirect = false\nallowed_hosts = [\"localhost\"]\n"),
+        ),
+        (
+            "palisade/api_key",
+            format!(
+                "{OFF}\n[[auth.api_keys]]\nid = \"bench\"\nsha256 = \"95ab1ab43a1c769ff93ba02eec3f4f81c077398c1691a00ae8628abd43901779\"\n[[auth.rules]]\npaths = [\"/hello\"]\nrequire = \"api_key\"\n"
+            ),
+        ),
+        ("palisade/full", FULL.to_owned()),
+        (
+            "palisade/full-nolog",
+            FULL.replace("access_log = true", "access_log = false"),
+        ),
+    ]
+}
+
 fn palisade_router(rt: &tokio::runtime::Runtime, toml: &str) -> Router {
     let config = palisade::Config::from_toml_str(toml).expect("bench config parses");
     let stack = rt
@@ -212,15 +304,26 @@ fn palisade_router(rt: &tokio::runtime::Runtime, toml: &str) -> Router {
 // ---------------------------------------------------------------- harness
 
 fn variants(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Router)> {
-    vec![
+    // axum-prometheus spawns its upkeep task when its recorder is installed.
+    let guard = rt.enter();
+    let mut v = vec![
         ("bare", hello_routes()),
         ("anchor/tower_governor", anchor_governor()),
         ("anchor/axum_prometheus", anchor_prometheus()),
         ("anchor/trace_json", anchor_trace()),
         ("anchor/set_response_header_x8", anchor_headers()),
         ("anchor/all", anchor_all()),
-        ("palisade/full", palisade_router(rt, FULL)),
-    ]
+    ];
+    drop(guard);
+    for (name, toml) in palisade_variants() {
+        v.push((name, palisade_router(rt, &toml)));
+    }
+    // `BENCH_ONLY=palisade/full,bare` restricts the run (profiling, quick A/B).
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let keep: Vec<&str> = only.split(',').collect();
+        v.retain(|(name, _)| keep.contains(name));
+    }
+    v
 }
 
 fn bench(c: &mut Criterion) {
@@ -232,24 +335,29 @@ fn bench(c: &mut Criterion) {
         .collect();
 
     // Untimed pass: allocations per request.
-    println!("\nallocations per request (1000 requests after 1000 warm-up):");
+    println!("\nallocations and log bytes per request (1000 requests after 1000 warm-up):");
     for (name, router) in &variants {
         rt.block_on(async {
             for _ in 0..1000 {
                 call(router).await;
             }
+            let logged = LOG_BYTES.load(Ordering::Relaxed);
             let region = Region::new(GLOBAL);
             for _ in 0..1000 {
                 call(router).await;
             }
             let stats = region.change();
+            let logged = LOG_BYTES.load(Ordering::Relaxed) - logged;
             println!(
-                "  {name:32} {:6.1} allocs/req {:8.0} bytes/req",
+                "  {name:32} {:6.1} allocs/req {:8.0} bytes/req {:6.0} log bytes/req",
                 stats.allocations as f64 / 1000.0,
-                stats.bytes_allocated as f64 / 1000.0
+                stats.bytes_allocated as f64 / 1000.0,
+                logged as f64 / 1000.0
             );
         });
     }
+
+    paired(&rt, &variants);
 
     let mut group = c.benchmark_group("stack");
     group.warm_up_time(Duration::from_secs(1));
@@ -268,6 +376,103 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Interleaved, paired timing: on a shared, noisy machine criterion's one-variant-at-a-
+/// time measurement drifts with the background load (bare measured slower than a layered
+/// variant). Here every round times `PAIRED_BATCH` requests of every variant, in a rotated
+/// order, and each variant's added cost is the median over rounds of (variant − bare) in
+/// the same round. `PAIRED_ROUNDS=0` skips this pass.
+fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let rounds = env("PAIRED_ROUNDS", 31);
+    let batch = env("PAIRED_BATCH", 3000);
+    if rounds == 0 || variants.is_empty() {
+        return;
+    }
+    let Some(bare) = variants.iter().position(|(n, _)| *n == "bare") else {
+        return;
+    };
+    let mut samples = vec![Vec::with_capacity(rounds); variants.len()];
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let i = (k + round) % variants.len();
+            let router = &variants[i].1;
+            let ns = rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..batch {
+                    call(router).await;
+                }
+                start.elapsed().as_nanos() as f64 / batch as f64
+            });
+            samples[i].push(ns);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let delta = |i: usize| -> Vec<f64> {
+        samples[i]
+            .iter()
+            .zip(&samples[bare])
+            .map(|(v, b)| v - b)
+            .collect()
+    };
+    let added: Vec<f64> = (0..variants.len()).map(|i| median(delta(i))).collect();
+    println!("\npaired timing: {rounds} rounds x {batch} requests per variant, rotated order");
+    println!(
+        "| variant | ns/req (median) | min | max | Δ ns over bare (paired median) | Δ min..max |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let d = delta(i);
+        let (lo, hi) = d
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        let s = &samples[i];
+        let (smin, smax) = s
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        println!(
+            "| {name} | {:.0} | {smin:.0} | {smax:.0} | {:+.0} | {lo:+.0}..{hi:+.0} |",
+            median(s.clone()),
+            added[i]
+        );
+    }
+    let pos = |n: &str| variants.iter().position(|(v, _)| *v == n);
+    println!("\n| palisade variant | Δ ns | anchor | anchor Δ ns | ratio | target | met |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, anchor, target) in [
+        ("palisade/rate_limit", "anchor/tower_governor", 1.0),
+        ("palisade/metrics", "anchor/axum_prometheus", 0.5),
+        (
+            "palisade/security_headers",
+            "anchor/set_response_header_x8",
+            1.0 / 3.0,
+        ),
+        ("palisade/access_log", "anchor/trace_json", 0.5),
+        ("palisade/access_log+request_id", "anchor/trace_json", 0.5),
+        ("palisade/full", "anchor/all", 1.0 / 3.0),
+        ("palisade/full-nolog", "anchor/all", 1.0 / 3.0),
+    ] {
+        let (Some(p), Some(a)) = (pos(name), pos(anchor)) else {
+            continue;
+        };
+        let ratio = added[p] / added[a];
+        println!(
+            "| {name} | {:+.0} | {anchor} | {:+.0} | {ratio:.2} | ≤ {target:.2} | {} |",
+            added[p],
+            added[a],
+            if ratio <= target { "yes" } else { "no" }
+        );
+    }
+    println!();
 }
 
 criterion_group!(benches, bench);
