@@ -342,6 +342,13 @@ fn check(r: &Report) {
         let ok = *status < 500 || (r.on_store_error == "deny" && *status == 503);
         assert!(ok, "{r:?}: {n} × {status}");
     }
+    if matches!(r.fault, Fault::Kill | Fault::Pause) {
+        assert_eq!(
+            r.ready_during_fault,
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "{r:?}"
+        );
+    }
     let recovery = r
         .recovery_ms
         .unwrap_or_else(|| panic!("{r:?}: never recovered"));
