@@ -57,6 +57,21 @@ pub(crate) struct ResponseData {
 }
 
 impl Stored {
+    /// The response record of a fill: this record's timing, with the response and the
+    /// tag generations read when it is stored.
+    pub(crate) fn with_response(
+        &self,
+        tags: Vec<String>,
+        gens: Vec<u64>,
+        data: ResponseData,
+    ) -> Self {
+        Self {
+            tags: tags.into_iter().zip(gens).collect(),
+            kind: Kind::Response(data),
+            ..self.clone()
+        }
+    }
+
     /// When the backend may drop it.
     pub(crate) fn expires_at_ms(&self) -> u64 {
         self.fresh_until_ms

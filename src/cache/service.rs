@@ -682,6 +682,13 @@ fn fill(
     let shared2 = shared.clone();
     let on_complete = Box::new(move |body: Bytes| {
         let etag = upstream_etag.unwrap_or_else(|| etag_of(&body));
+        let data = ResponseData {
+            status,
+            headers,
+            etag,
+            body,
+            public,
+        };
         let base = Stored {
             gen_,
             stored_at_ms: stored_at,
@@ -696,17 +703,7 @@ fn fill(
             // In process: store before the body's end reaches the client, so the
             // next request is a hit.
             let tag_gens = m.gens.tags(&tags);
-            let rec = Stored {
-                tags: tags.into_iter().zip(tag_gens).collect(),
-                kind: Kind::Response(ResponseData {
-                    status,
-                    headers,
-                    etag,
-                    body,
-                    public,
-                }),
-                ..base.clone()
-            };
+            let rec = base.with_response(tags, tag_gens, data);
             if !vary.is_empty() {
                 m.put(primary.full, Arc::new(base));
             }
@@ -723,17 +720,7 @@ fn fill(
                 Ok(g) => g,
                 Err(_) => return,
             };
-            let rec = Stored {
-                tags: tags.into_iter().zip(tag_gens).collect(),
-                kind: Kind::Response(ResponseData {
-                    status,
-                    headers,
-                    etag,
-                    body,
-                    public,
-                }),
-                ..base.clone()
-            };
+            let rec = base.with_response(tags, tag_gens, data);
             if !vary.is_empty() {
                 shared2.store.put(&primary, Arc::new(base), now).await;
             }
