@@ -98,6 +98,24 @@ fn install_subscriber() {
     });
 }
 
+/// Variants named `…@telemetry` log through palisade's recommended subscriber instead
+/// (`palisade::telemetry::json_subscriber`, what `telemetry::init` installs: JSON lines
+/// at INFO, to the same counting sink), set as the thread's default around each batch.
+/// The anchors keep theirs (`fmt().json()`), so the ratio compares each side's
+/// own setup; the plain names compare both through the one `fmt().json()` subscriber.
+fn dispatch_for(name: &str) -> Option<tracing::dispatcher::DefaultGuard> {
+    static TELEMETRY: OnceLock<tracing::Dispatch> = OnceLock::new();
+    name.ends_with("@telemetry").then(|| {
+        let dispatch = TELEMETRY.get_or_init(|| {
+            let config = palisade::config::LoggingConfig::default();
+            let subscriber = palisade::telemetry::json_subscriber(&config, || CountingSink)
+                .expect("default logging config is valid");
+            tracing::Dispatch::new(subscriber)
+        });
+        tracing::dispatcher::set_default(dispatch)
+    })
+}
+
 // ---------------------------------------------------------------- anchors
 
 fn anchor_governor() -> Router {
@@ -285,7 +303,16 @@ fn palisade_variants() -> Vec<(&'static str, String)> {
                 "{OFF}\n[[auth.api_keys]]\nid = \"bench\"\nsha256 = \"95ab1ab43a1c769ff93ba02eec3f4f81c077398c1691a00ae8628abd43901779\"\n[[auth.rules]]\npaths = [\"/hello\"]\nrequire = \"api_key\"\n"
             ),
         ),
+        (
+            "palisade/access_log@telemetry",
+            only("logging", "access_log = true\nrequest_id = false"),
+        ),
+        (
+            "palisade/access_log+request_id@telemetry",
+            only("logging", "access_log = true\nrequest_id = true"),
+        ),
         ("palisade/full", FULL.to_owned()),
+        ("palisade/full@telemetry", FULL.to_owned()),
         (
             "palisade/full-nolog",
             FULL.replace("access_log = true", "access_log = false"),
@@ -337,6 +364,7 @@ fn bench(c: &mut Criterion) {
     // Untimed pass: allocations per request.
     println!("\nallocations and log bytes per request (1000 requests after 1000 warm-up):");
     for (name, router) in &variants {
+        let _dispatch = dispatch_for(name);
         rt.block_on(async {
             for _ in 0..1000 {
                 call(router).await;
@@ -365,6 +393,7 @@ fn bench(c: &mut Criterion) {
     for (name, router) in &variants {
         group.bench_function(*name, |b| {
             b.iter_custom(|iters| {
+                let _dispatch = dispatch_for(name);
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
@@ -403,6 +432,7 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         for k in 0..variants.len() {
             let i = (k + round) % variants.len();
             let router = &variants[i].1;
+            let _dispatch = dispatch_for(variants[i].0);
             let ns = rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..batch {
@@ -458,7 +488,14 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         ),
         ("palisade/access_log", "anchor/trace_json", 0.5),
         ("palisade/access_log+request_id", "anchor/trace_json", 0.5),
+        ("palisade/access_log@telemetry", "anchor/trace_json", 0.5),
+        (
+            "palisade/access_log+request_id@telemetry",
+            "anchor/trace_json",
+            0.5,
+        ),
         ("palisade/full", "anchor/all", 1.0 / 3.0),
+        ("palisade/full@telemetry", "anchor/all", 1.0 / 3.0),
         ("palisade/full-nolog", "anchor/all", 1.0 / 3.0),
     ] {
         let (Some(p), Some(a)) = (pos(name), pos(anchor)) else {

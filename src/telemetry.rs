@@ -127,9 +127,10 @@ pub struct JsonFields;
 
 impl<'w> FormatFields<'w> for JsonFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut v = JsonVisitor::new(&mut writer, true);
-        fields.record(&mut v);
-        v.result
+        with_line_buffer(|buf| {
+            fields.record(&mut JsonVisitor::new(buf, true));
+            writer.write_str(buf)
+        })
     }
 
     fn add_fields(
@@ -138,10 +139,8 @@ impl<'w> FormatFields<'w> for JsonFields {
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
         let first = current.fields.is_empty();
-        let mut writer = current.as_writer();
-        let mut v = JsonVisitor::new(&mut writer, first);
-        fields.record(&mut v);
-        v.result
+        fields.record(&mut JsonVisitor::new(&mut current.fields, first));
+        Ok(())
     }
 }
 
@@ -161,162 +160,222 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let meta = event.metadata();
-        w.write_str("{\"timestamp\":\"")?;
-        write_rfc3339(&mut w, SystemTime::now())?;
-        w.write_str("\",\"level\":\"")?;
-        w.write_str(meta.level().as_str())?;
-        w.write_str("\",\"target\":")?;
-        write_json_str(&mut w, meta.target())?;
-        {
-            let mut v = JsonVisitor::new(&mut w, false);
-            event.record(&mut v);
-            v.result?;
-        }
-        if let Some(scope) = ctx.event_scope() {
-            for span in scope.from_root() {
-                let ext = span.extensions();
-                if let Some(fields) = ext.get::<FormattedFields<JsonFields>>()
-                    && !fields.fields.is_empty()
-                {
-                    w.write_char(',')?;
-                    w.write_str(&fields.fields)?;
+        // The line is built in a reused buffer with direct (inlined) pushes and handed
+        // to the writer in one call: `Writer` is a `dyn fmt::Write`, and a dynamic call
+        // per key, quote and value costs more than copying the finished line once.
+        with_line_buffer(|buf| {
+            let meta = event.metadata();
+            buf.push_str("{\"timestamp\":\"");
+            write_rfc3339(buf, SystemTime::now());
+            buf.push_str("\",\"level\":\"");
+            buf.push_str(meta.level().as_str());
+            buf.push_str("\",\"target\":");
+            push_json_str(buf, meta.target());
+            event.record(&mut JsonVisitor::new(buf, false));
+            if let Some(scope) = ctx.event_scope() {
+                for span in scope.from_root() {
+                    let ext = span.extensions();
+                    if let Some(fields) = ext.get::<FormattedFields<JsonFields>>()
+                        && !fields.fields.is_empty()
+                    {
+                        buf.push(',');
+                        buf.push_str(&fields.fields);
+                    }
                 }
             }
-        }
-        w.write_str("}\n")
+            buf.push_str("}\n");
+            w.write_str(buf)
+        })
     }
 }
 
-struct JsonVisitor<'a, 'w> {
-    w: &'a mut Writer<'w>,
-    first: bool,
-    result: fmt::Result,
-}
-
-impl<'a, 'w> JsonVisitor<'a, 'w> {
-    fn new(w: &'a mut Writer<'w>, first: bool) -> Self {
-        Self {
-            w,
-            first,
-            result: Ok(()),
-        }
+/// Runs `f` on an empty, thread-local buffer whose capacity is kept between lines
+/// (a fresh one if the buffer is in use: a `Debug` impl that logs while being
+/// formatted).
+fn with_line_buffer<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-
-    fn key(&mut self, field: &Field) -> fmt::Result {
-        if !std::mem::take(&mut self.first) {
-            self.w.write_char(',')?;
-        }
-        write_json_str(self.w, field.name())?;
-        self.w.write_char(':')
-    }
-
-    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'w>) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| value(self.w));
-        }
-    }
-}
-
-impl Visit for JsonVisitor<'_, '_> {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, |w| {
-            if value.is_finite() {
-                write!(w, "{value}")
-            } else {
-                w.write_str("null")
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let r = f(&mut buf);
+            // A one-off huge line does not pin its memory to the thread.
+            if buf.capacity() > 64 * 1024 {
+                *buf = String::new();
             }
-        });
+            r
+        }
+        Err(_) => f(&mut String::new()),
+    })
+}
+
+struct JsonVisitor<'a> {
+    buf: &'a mut String,
+    first: bool,
+}
+
+impl<'a> JsonVisitor<'a> {
+    fn new(buf: &'a mut String, first: bool) -> Self {
+        Self { buf, first }
+    }
+
+    /// Writes `,"name":` and returns the buffer for the value.
+    fn key(&mut self, field: &Field) -> &mut String {
+        if !std::mem::take(&mut self.first) {
+            self.buf.push(',');
+        }
+        push_json_str(self.buf, field.name());
+        self.buf.push(':');
+        self.buf
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        let buf = self.key(field);
+        if value.is_finite() {
+            // Writing to a `String` cannot fail.
+            let _ = write!(buf, "{value}");
+        } else {
+            buf.push_str("null");
+        }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |w| write!(w, "{value}"));
+        let buf = self.key(field);
+        if value < 0 {
+            buf.push('-');
+        }
+        push_u64(buf, value.unsigned_abs());
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |w| write!(w, "{value}"));
+        push_u64(self.key(field), value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.key(field)
+            .push_str(if value { "true" } else { "false" });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, |w| write_json_str(w, value));
+        push_json_str(self.key(field), value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, |w| {
-            w.write_char('"')?;
-            write!(Escape(w), "{value}")?;
-            w.write_char('"')
-        });
+        let buf = self.key(field);
+        buf.push('"');
+        let _ = write!(Escape(buf), "{value}");
+        buf.push('"');
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, |w| {
-            w.write_char('"')?;
-            write!(Escape(w), "{value:?}")?;
-            w.write_char('"')
-        });
+        let buf = self.key(field);
+        buf.push('"');
+        let _ = write!(Escape(buf), "{value:?}");
+        buf.push('"');
     }
 }
 
-fn write_json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
-    w.write_char('"')?;
-    Escape(w).write_str(s)?;
-    w.write_char('"')
+/// Appends the decimal digits of `n`.
+fn push_u64(buf: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits.
+    buf.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
-/// Escapes what it writes as the inside of a JSON string.
-struct Escape<'a, W: fmt::Write>(&'a mut W);
+/// Appends `n` zero-padded to `width` digits (`n` < 10^`width`).
+fn push_padded(buf: &mut String, n: u64, width: u32) {
+    let mut div = 10u64.pow(width.saturating_sub(1));
+    while div > 0 {
+        buf.push(char::from(b'0' + (n / div % 10) as u8));
+        div /= 10;
+    }
+}
 
-impl<W: fmt::Write> fmt::Write for Escape<'_, W> {
+fn push_json_str(buf: &mut String, s: &str) {
+    buf.push('"');
+    push_escaped(buf, s);
+    buf.push('"');
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
+}
+
+/// Appends `s` escaped as the inside of a JSON string.
+fn push_escaped(buf: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    if !bytes.iter().any(|&b| needs_escape(b)) {
+        buf.push_str(s);
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !needs_escape(b) {
+            continue;
+        }
+        buf.push_str(&s[start..i]);
+        match b {
+            b'"' => buf.push_str("\\\""),
+            b'\\' => buf.push_str("\\\\"),
+            b'\n' => buf.push_str("\\n"),
+            b'\r' => buf.push_str("\\r"),
+            b'\t' => buf.push_str("\\t"),
+            _ => {
+                buf.push_str("\\u00");
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                buf.push(char::from(HEX[usize::from(b >> 4)]));
+                buf.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+        }
+        start = i + 1;
+    }
+    buf.push_str(&s[start..]);
+}
+
+/// Escapes what is formatted into it (`Debug`/`Display` values) as the inside of a
+/// JSON string.
+struct Escape<'a>(&'a mut String);
+
+impl fmt::Write for Escape<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let bytes = s.as_bytes();
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            let esc: &str = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f | 0x7f => "",
-                _ => continue,
-            };
-            if start < i {
-                self.0.write_str(&s[start..i])?;
-            }
-            if esc.is_empty() {
-                write!(self.0, "\\u{:04x}", b)?;
-            } else {
-                self.0.write_str(esc)?;
-            }
-            start = i + 1;
-        }
-        if start < bytes.len() {
-            self.0.write_str(&s[start..])?;
-        }
+        push_escaped(self.0, s);
         Ok(())
     }
 }
 
 /// Writes `t` as RFC 3339 UTC with microseconds: `2026-11-23T12:00:00.123456Z`.
-fn write_rfc3339(w: &mut impl fmt::Write, t: SystemTime) -> fmt::Result {
+fn write_rfc3339(buf: &mut String, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (year, month, day) = crate::civil::civil_from_days(days);
-    write!(
-        w,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
+    push_padded(buf, year.clamp(0, 9999) as u64, 4);
+    buf.push('-');
+    push_padded(buf, month as u64, 2);
+    buf.push('-');
+    push_padded(buf, day as u64, 2);
+    buf.push('T');
+    push_padded(buf, rem / 3600, 2);
+    buf.push(':');
+    push_padded(buf, rem % 3600 / 60, 2);
+    buf.push(':');
+    push_padded(buf, rem % 60, 2);
+    buf.push('.');
+    push_padded(buf, u64::from(d.subsec_micros()), 6);
+    buf.push('Z');
 }
 
 #[cfg(test)]
@@ -329,26 +388,35 @@ mod tests {
     #[test]
     fn rfc3339() {
         let mut s = String::new();
-        write_rfc3339(&mut s, UNIX_EPOCH).unwrap();
+        write_rfc3339(&mut s, UNIX_EPOCH);
         assert_eq!(s, "1970-01-01T00:00:00.000000Z");
         s.clear();
         // 2024-02-29T23:59:59.5Z (leap day)
         write_rfc3339(
             &mut s,
             UNIX_EPOCH + Duration::from_millis(1_709_251_199_500),
-        )
-        .unwrap();
+        );
         assert_eq!(s, "2024-02-29T23:59:59.500000Z");
         s.clear();
-        write_rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(4_102_444_800)).unwrap();
+        write_rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(4_102_444_800));
         assert_eq!(s, "2100-01-01T00:00:00.000000Z");
     }
 
     #[test]
     fn escapes() {
         let mut s = String::new();
-        write_json_str(&mut s, "a\"b\\c\nd\u{1}e\u{7f}é").unwrap();
-        assert_eq!(s, r#""a\"b\\c\nd\u0001e\u007fé""#);
+        push_json_str(&mut s, "a\"b\\c\nd\u{1}e\u{7f}é\t\r");
+        assert_eq!(s, r#""a\"b\\c\nd\u0001e\u007fé\t\r""#);
+        for (n, text) in [
+            (0, "0"),
+            (7, "7"),
+            (1_000, "1000"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
+            s.clear();
+            push_u64(&mut s, n);
+            assert_eq!(s, text);
+        }
     }
 
     #[derive(Clone, Default)]

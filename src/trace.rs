@@ -70,9 +70,10 @@
 //! `ERROR` lines still name the request: they then carry `request_id`,
 //! `http.request.method` and `url.path` themselves.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -227,8 +228,8 @@ where
             };
         }
         let start = Instant::now();
-        let span = request_span(&req, &settings.redact);
-        let fallback = span.is_disabled().then(|| Box::new(Summary::of(&req)));
+        let span = request_span(&req);
+        let request = RequestFields::of(&req, &self.settings, span.is_disabled());
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -238,15 +239,17 @@ where
             state: Some(Finish {
                 span,
                 start,
-                client_error_level: settings.client_error_level,
-                fallback,
+                request,
             }),
         }
     }
 }
 
-fn request_span(req: &Request, redact: &[Box<str>]) -> Span {
-    let info = client_info(req);
+/// The request's span carries only what correlates the events logged inside it
+/// (request id, W3C trace context, route): every field of a span is stored per request
+/// and, with many JSON formatters, re-read for every event inside it. The rest of the
+/// request's description goes on the completion event ([`RequestFields`]).
+fn request_span(req: &Request) -> Span {
     let traceparent = req.headers().get("traceparent").and_then(parse_traceparent);
     tracing::info_span!(
         target: TARGET,
@@ -254,13 +257,7 @@ fn request_span(req: &Request, redact: &[Box<str>]) -> Span {
         request_id = request_id_of(req),
         trace_id = traceparent.map(|t| t.0),
         span_id = traceparent.map(|t| t.1),
-        http.request.method = req.method().as_str(),
         http.route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
-        url.path = req.uri().path(),
-        url.query = req.uri().query().map(|q| redact_query(q, redact)).as_deref(),
-        url.scheme = info.scheme.as_str(),
-        client.address = %info.ip,
-        user_agent.original = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()),
     )
 }
 
@@ -276,21 +273,45 @@ fn request_id_of(_req: &Request) -> Option<&str> {
     None
 }
 
-/// The request's identity, kept only when the span is disabled by the filter (so a
-/// `WARN`/`ERROR` line still says which request it was).
+/// What the completion event says about the request, taken when it arrives. Clones of
+/// the method, URI and `User-Agent` share the request's bytes (hyper parses them into
+/// shared buffers), and the query is redacted while the line is written, so nothing
+/// is copied here.
 #[derive(Debug)]
-struct Summary {
+struct RequestFields {
     method: http::Method,
-    path: http::Uri,
-    request_id: Option<HeaderValue>,
+    uri: http::Uri,
+    user_agent: Option<HeaderValue>,
+    scheme: &'static str,
+    client: IpAddr,
+    settings: Arc<Settings>,
+    /// Only when the filter disabled the span, so that a `WARN`/`ERROR` line still
+    /// names the request by its id and route.
+    identity: Option<Box<Identity>>,
 }
 
-impl Summary {
-    fn of(req: &Request) -> Self {
+#[derive(Debug)]
+struct Identity {
+    request_id: Option<HeaderValue>,
+    route: Option<MatchedPath>,
+}
+
+impl RequestFields {
+    fn of(req: &Request, settings: &Arc<Settings>, span_disabled: bool) -> Self {
+        let info = client_info(req);
         Self {
             method: req.method().clone(),
-            path: req.uri().path().parse().unwrap_or_default(),
-            request_id: request_id_of(req).and_then(|s| HeaderValue::from_str(s).ok()),
+            uri: req.uri().clone(),
+            user_agent: req.headers().get(USER_AGENT).cloned(),
+            scheme: info.scheme.as_str(),
+            client: info.ip,
+            settings: settings.clone(),
+            identity: span_disabled.then(|| {
+                Box::new(Identity {
+                    request_id: request_id_of(req).and_then(|s| HeaderValue::from_str(s).ok()),
+                    route: req.extensions().get::<MatchedPath>().cloned(),
+                })
+            }),
         }
     }
 }
@@ -300,8 +321,7 @@ impl Summary {
 struct Finish {
     span: Span,
     start: Instant,
-    client_error_level: Level,
-    fallback: Option<Box<Summary>>,
+    request: RequestFields,
 }
 
 #[derive(Debug, Default)]
@@ -332,7 +352,8 @@ macro_rules! final_event {
     ($level:expr, $msg:literal, $finish:expr, $status:expr, $bytes:expr, $out:expr, $error:expr) => {{
         let finish: &Finish = $finish;
         let out: Option<&Outcomes> = $out;
-        let fb = finish.fallback.as_deref();
+        let req = &finish.request;
+        let id = req.identity.as_deref();
         let rl = out.and_then(|o| o.rate_limit.as_ref());
         let auth = out.and_then(|o| o.auth.as_ref());
         let cache = out.and_then(|o| o.cache.as_ref());
@@ -354,9 +375,14 @@ macro_rules! final_event {
             cache.reason = cache.map(|c| c.reason),
             rejection.layer = rej.map(|r| r.layer),
             rejection.reason = rej.map(|r| r.reason),
-            request_id = fb.and_then(|f| f.request_id.as_ref()).and_then(|v| v.to_str().ok()),
-            http.request.method = fb.map(|f| f.method.as_str()),
-            url.path = fb.map(|f| f.path.path()),
+            http.request.method = req.method.as_str(),
+            url.path = req.uri.path(),
+            url.query = req.uri.query().map(|q| tracing::field::display(RedactedQuery(q, &req.settings.redact))),
+            url.scheme = req.scheme,
+            client.address = %req.client,
+            user_agent.original = req.user_agent.as_ref().and_then(|v| v.to_str().ok()),
+            request_id = id.and_then(|i| i.request_id.as_ref()).and_then(|v| v.to_str().ok()),
+            http.route = id.and_then(|i| i.route.as_ref()).map(MatchedPath::as_str),
             $msg
         )
     }};
@@ -377,7 +403,7 @@ impl Finish {
     fn completed(&self, status: u16, bytes: u64, out: &Outcomes) {
         let level = match status {
             500.. => Level::ERROR,
-            400..=499 => self.client_error_level,
+            400..=499 => self.request.settings.client_error_level,
             _ => Level::INFO,
         };
         let error: Option<&str> = None;
@@ -586,27 +612,34 @@ fn parse_traceparent(value: &HeaderValue) -> Option<(&str, &str)> {
         .then_some((trace, span))
 }
 
-/// Replaces the values of the named parameters by `[REDACTED]`; borrows when nothing
-/// needs redacting.
-fn redact_query<'a>(query: &'a str, names: &[Box<str>]) -> Cow<'a, str> {
-    let key = |pair: &'a str| pair.split_once('=').map_or(pair, |(k, _)| k);
-    if names.is_empty() || !query.split('&').any(|p| is_redacted(key(p), names)) {
-        return Cow::Borrowed(query);
-    }
-    let mut out = String::with_capacity(query.len() + 16);
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(k, _)| k)
+}
+
+/// A query string that displays with the values of the named parameters replaced by
+/// `[REDACTED]`, written straight into the log line (no copy of the query).
+struct RedactedQuery<'a>(&'a str, &'a [Box<str>]);
+
+impl fmt::Display for RedactedQuery<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let RedactedQuery(query, names) = *self;
+        if names.is_empty() || !query.split('&').any(|p| is_redacted(param_name(p), names)) {
+            return f.write_str(query);
         }
-        let k = key(pair);
-        if is_redacted(k, names) {
-            out.push_str(k);
-            out.push_str("=[REDACTED]");
-        } else {
-            out.push_str(pair);
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
+            let k = param_name(pair);
+            if is_redacted(k, names) {
+                f.write_str(k)?;
+                f.write_str("=[REDACTED]")?;
+            } else {
+                f.write_str(pair)?;
+            }
         }
+        Ok(())
     }
-    Cow::Owned(out)
 }
 
 /// Compares the percent-decoded parameter name, case-insensitively.
@@ -653,8 +686,8 @@ mod tests {
     #[test]
     fn redacts_named_params_only() {
         let n = names(&["token", "password"]);
+        let redact_query = |q: &str, n: &[Box<str>]| RedactedQuery(q, n).to_string();
         assert_eq!(redact_query("a=1&b=2", &n), "a=1&b=2");
-        assert!(matches!(redact_query("a=1&b=2", &n), Cow::Borrowed(_)));
         assert_eq!(
             redact_query("Token=s3cr3t&page=2&password", &n),
             "Token=[REDACTED]&page=2&password=[REDACTED]"
