@@ -233,13 +233,7 @@ impl<'a> JsonVisitor<'a> {
 
 impl Visit for JsonVisitor<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        let buf = self.key(field);
-        if value.is_finite() {
-            // Writing to a `String` cannot fail.
-            let _ = write!(buf, "{value}");
-        } else {
-            buf.push_str("null");
-        }
+        push_f64(self.key(field), value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -309,14 +303,71 @@ fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
 }
 
+/// Appends `value` as a JSON number, `null` when it is not finite. Durations in
+/// milliseconds with three decimals, the common case, skip the general float
+/// formatting; the text is the same as `Display`'s shortest round-trip form.
+fn push_f64(buf: &mut String, value: f64) {
+    if !value.is_finite() {
+        buf.push_str("null");
+        return;
+    }
+    let thousandths = (value * 1000.0).round();
+    if thousandths.abs() < 1e12 && thousandths / 1000.0 == value {
+        // Exactly k/1000 and small enough that no shorter decimal maps to `value`.
+        if value.is_sign_negative() {
+            buf.push('-');
+        }
+        let k = thousandths.abs() as u64;
+        push_u64(buf, k / 1000);
+        let frac = k % 1000;
+        if frac != 0 {
+            buf.push('.');
+            let (mut digits, mut width) = (frac, 3);
+            while digits % 10 == 0 {
+                digits /= 10;
+                width -= 1;
+            }
+            push_padded(buf, digits, width);
+        }
+    } else {
+        // Writing to a `String` cannot fail.
+        let _ = write!(buf, "{value}");
+    }
+}
+
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
+}
+
+/// Whether any byte of `bytes` needs escaping, eight bytes at a time.
+fn any_needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit set in every byte of `x` that is zero (exact: borrows only propagate
+    // past a byte that is itself zero).
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // Bytes below 0x20 (ASCII only: bytes >= 0x80 are excluded by `!x`).
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let hits = control
+            | zero_bytes(x ^ (ONES * u64::from(b'"')))
+            | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+            | zero_bytes(x ^ (ONES * 0x7f));
+        if hits != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| needs_escape(b))
 }
 
 /// Appends `s` escaped as the inside of a JSON string.
 fn push_escaped(buf: &mut String, s: &str) {
     let bytes = s.as_bytes();
-    if !bytes.iter().any(|&b| needs_escape(b)) {
+    if !any_needs_escape(bytes) {
         buf.push_str(s);
         return;
     }
@@ -407,6 +458,18 @@ mod tests {
         let mut s = String::new();
         push_json_str(&mut s, "a\"b\\c\nd\u{1}e\u{7f}é\t\r");
         assert_eq!(s, r#""a\"b\\c\nd\u0001e\u007fé\t\r""#);
+        for len in 0..40 {
+            for special in [
+                b'"', b'\\', b'\n', 0x1f, 0x7f, b'a', b' ', b'~', 0x80, 0xff, 0x20,
+            ] {
+                for at in 0..len {
+                    let mut v = vec![b'x'; len];
+                    v[at] = special;
+                    let expect = v.iter().any(|&b| needs_escape(b));
+                    assert_eq!(any_needs_escape(&v), expect, "{v:?}");
+                }
+            }
+        }
         for (n, text) in [
             (0, "0"),
             (7, "7"),
@@ -416,6 +479,42 @@ mod tests {
             s.clear();
             push_u64(&mut s, n);
             assert_eq!(s, text);
+        }
+    }
+
+    #[test]
+    fn floats_match_display() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.5,
+            1.0,
+            0.412,
+            12.345,
+            1e-7,
+            1e300,
+            -3.25,
+            0.1 + 0.2,
+        ];
+        values.extend((0..20_000u64).map(|us| us as f64 / 1000.0));
+        values.extend((0..2_000u64).map(|n| (n * 7_919_993) as f64 / 1000.0));
+        values.extend([
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            999_999_999.999,
+            1e9,
+            123_456_789_012.5,
+        ]);
+        let mut s = String::new();
+        for v in values {
+            s.clear();
+            push_f64(&mut s, v);
+            assert_eq!(s, format!("{v}"), "{v:e}");
+        }
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            s.clear();
+            push_f64(&mut s, v);
+            assert_eq!(s, "null");
         }
     }
 

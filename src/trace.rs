@@ -354,6 +354,7 @@ macro_rules! final_event {
         let out: Option<&Outcomes> = $out;
         let req = &finish.request;
         let id = req.identity.as_deref();
+        let client = IpText::new(req.client);
         let rl = out.and_then(|o| o.rate_limit.as_ref());
         let auth = out.and_then(|o| o.auth.as_ref());
         let cache = out.and_then(|o| o.cache.as_ref());
@@ -379,7 +380,7 @@ macro_rules! final_event {
             url.path = req.uri.path(),
             url.query = req.uri.query().map(|q| tracing::field::display(RedactedQuery(q, &req.settings.redact))),
             url.scheme = req.scheme,
-            client.address = %req.client,
+            client.address = client.as_str(),
             user_agent.original = req.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             request_id = id.and_then(|i| i.request_id.as_ref()).and_then(|v| v.to_str().ok()),
             http.route = id.and_then(|i| i.route.as_ref()).map(MatchedPath::as_str),
@@ -589,6 +590,64 @@ impl Drop for LogBody {
     }
 }
 
+/// An IP address as text, on the stack: recorded as a `str`, it needs no `Display`
+/// round trip in the formatter.
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            // At most 45 characters (`ffff:…:255.255.255.255`).
+            IpAddr::V6(v6) => {
+                let _ = fmt::Write::write_fmt(&mut text, format_args!("{v6}"));
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// Parses a W3C `traceparent` header into `(trace_id, parent span_id)`.
 fn parse_traceparent(value: &HeaderValue) -> Option<(&str, &str)> {
     let s = value.to_str().ok()?;
@@ -695,6 +754,24 @@ mod tests {
         assert_eq!(redact_query("%74oken=s3cr3t", &n), "%74oken=[REDACTED]");
         assert_eq!(redact_query("to%6Ben=x&x=%", &n), "to%6Ben=[REDACTED]&x=%");
         assert_eq!(redact_query("tok%", &n), "tok%");
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "203.0.113.7",
+            "255.255.255.255",
+            "10.20.100.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
     }
 
     #[test]
