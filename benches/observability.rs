@@ -8,6 +8,11 @@
 //! drain the body. Log lines go to `io::sink` (all formatting, no IO). Both
 //! exporters' upkeep runs at the end of every sample, so its amortized cost counts.
 //!
+//! Each side logs through its recommended subscriber (palisade:
+//! `telemetry::json_subscriber`, what `telemetry::init` installs; the anchor:
+//! `tracing_subscriber::fmt().json()`). The `…(fmt-json)` variants run palisade's
+//! layers through the anchor's subscriber too, so both comparisons are reported.
+//!
 //! `cargo bench --bench observability`
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -134,6 +139,17 @@ fn variants(rt: &tokio::runtime::Runtime) -> Vec<Variant> {
             dispatch: Some(palisade_json()),
         },
         Variant {
+            name: "palisade/request-id+log(fmt-json)",
+            app: base()
+                .layer(
+                    tower::ServiceBuilder::new()
+                        .layer(RequestIdLayer::new())
+                        .layer(TraceLayer::new()),
+                )
+                .with_state(()),
+            dispatch: Some(tracing_json()),
+        },
+        Variant {
             name: "anchor/tower-http-request-id+trace",
             app: base()
                 .layer(
@@ -152,10 +168,22 @@ fn variants(rt: &tokio::runtime::Runtime) -> Vec<Variant> {
                     tower::ServiceBuilder::new()
                         .layer(RequestIdLayer::new())
                         .layer(TraceLayer::new())
-                        .layer(palisade_metrics),
+                        .layer(palisade_metrics.clone()),
                 )
                 .with_state(()),
             dispatch: Some(palisade_json()),
+        },
+        Variant {
+            name: "palisade/all(fmt-json)",
+            app: base()
+                .layer(
+                    tower::ServiceBuilder::new()
+                        .layer(RequestIdLayer::new())
+                        .layer(TraceLayer::new())
+                        .layer(palisade_metrics.clone()),
+                )
+                .with_state(()),
+            dispatch: Some(tracing_json()),
         },
         Variant {
             name: "anchor/all",
