@@ -77,8 +77,14 @@ impl RequestId {
     /// A fresh UUID v7 id.
     pub fn generate() -> Self {
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("invalid")))
+        uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        // One allocation holding the text and its reference count: the copies that go
+        // onto the request and the response headers share it (a `Vec`-backed value
+        // would allocate again on its first clone).
+        Self(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+                .unwrap_or(HeaderValue::from_static("invalid")),
+        )
     }
 
     /// Keeps `value` if it is a safe request id (see the [module docs](self)).

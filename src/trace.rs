@@ -1,9 +1,12 @@
 //! Structured access logs: one span and one completion event per request.
 //!
 //! Every request gets one `tracing` span, `http.server` (target `palisade::access`,
-//! level `INFO`), carrying what is known when the request arrives; every event your
-//! handler logs inside it inherits those fields. When the response body has been
-//! sent, **one** event closes the request with what is known at the end:
+//! level `INFO`), carrying the fields that correlate events: `request_id`,
+//! `trace_id`, `span_id` and `http.route`; every event your handler logs inside it
+//! inherits them. The span carries nothing more because a span's fields are stored
+//! per request and, with many JSON formatters, re-read for every event inside it.
+//! When the response body has been sent, **one** event closes the request with the
+//! rest of the request's description and what is known at the end:
 //!
 //! | field | from |
 //! |---|---|
@@ -67,8 +70,8 @@
 //! ```
 //!
 //! If the filter disables the `INFO` span (say `level = "warn"`), the `WARN` and
-//! `ERROR` lines still name the request: they then carry `request_id`,
-//! `http.request.method` and `url.path` themselves.
+//! `ERROR` lines still name the request: they then carry `request_id` and
+//! `http.route` themselves.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -516,7 +519,7 @@ where
         let body = Body::new(LogBody {
             expected,
             inner: body,
-            state: Some(Box::new((finish, outcomes))),
+            state: Some((finish, outcomes)),
             status,
             bytes: 0,
         });
@@ -527,7 +530,8 @@ where
 /// The response body, counting bytes and writing the final event at its end.
 struct LogBody {
     inner: Body,
-    state: Option<Box<(Finish, Outcomes)>>,
+    /// Inline: `Body::new` boxes this body anyway.
+    state: Option<(Finish, Outcomes)>,
     status: u16,
     bytes: u64,
     /// The announced length: hyper drops a body once that many bytes are sent.
