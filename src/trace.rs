@@ -42,10 +42,10 @@
 //! {"timestamp":"2026-11-23T12:00:00.123456Z","level":"WARN","target":"palisade::access",
 //!  "message":"request completed","http.response.status_code":429,"duration_ms":0.412,
 //!  "http.response.body.size":97,"rate_limit.outcome":"limited","rate_limit.policy":"per_ip",
-//!  "rejection.layer":"rate_limit","rejection.reason":"limited",
-//!  "request_id":"019ab1c4-3f2e-7d10-8a4b-5c6d7e8f9a0b","http.request.method":"GET",
-//!  "http.route":"/items/{id}","url.path":"/items/7","url.query":"token=[REDACTED]&page=2",
-//!  "url.scheme":"https","client.address":"203.0.113.7","user_agent.original":"curl/8.5.0"}
+//!  "rejection.layer":"rate_limit","rejection.reason":"limited","http.request.method":"GET",
+//!  "url.path":"/items/7","url.query":"token=[REDACTED]&page=2","url.scheme":"https",
+//!  "client.address":"203.0.113.7","user_agent.original":"curl/8.5.0",
+//!  "request_id":"019ab1c4-3f2e-7d10-8a4b-5c6d7e8f9a0b","http.route":"/items/{id}"}
 //! ```
 //!
 //! Apply it with `Router::layer` (as [`Palisade`](crate::Palisade) does), so that the
