@@ -1118,6 +1118,8 @@ where
 
 /// A rejection's response, or the outcome to attach to the handler's response (the
 /// identity is put into the request extensions).
+// The rejection is handed on as is; boxing it would allocate on every refusal.
+#[allow(clippy::result_large_err)]
 fn admit(verdict: Verdict, parts: &mut http::request::Parts) -> Result<AuthOutcome, Response> {
     match verdict {
         Verdict::Rejected(res) => Err(res),
