@@ -361,6 +361,20 @@ fn bench(c: &mut Criterion) {
         .map(|(name, r)| (name, r.with_state(())))
         .collect();
 
+    // `BENCH_PROFILE=N`: only N requests per variant through `profile_batch`, nothing
+    // else; for `valgrind --tool=callgrind --toggle-collect='*profile_batch*'`.
+    if let Some(n) = std::env::var("BENCH_PROFILE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for (name, router) in &variants {
+            rt.block_on(call(router)); // warm-up: lazily built state is not per-request
+            profile_batch(&rt, router, n);
+            println!("profiled {name}: {n} requests");
+        }
+        return;
+    }
+
     // Untimed pass: allocations per request.
     println!("\nallocations and log bytes per request (1000 requests after 1000 warm-up):");
     for (name, router) in &variants {
@@ -405,6 +419,16 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The requests `BENCH_PROFILE` measures; never inlined so callgrind can toggle on it.
+#[inline(never)]
+fn profile_batch(rt: &tokio::runtime::Runtime, router: &Router, n: usize) {
+    rt.block_on(async {
+        for _ in 0..n {
+            call(router).await;
+        }
+    });
 }
 
 /// Interleaved, paired timing: on a shared, noisy machine criterion's one-variant-at-a-

@@ -268,6 +268,11 @@ where
 
     fn layer(&self, inner: S) -> PalisadeService {
         let p = &*self.parts;
+        // The handler's future (axum's `RouteFuture` holds the whole request until it
+        // is first polled) is boxed here, once: every layer below wraps it by value
+        // and `Either` moves it at each of the ten optional levels, which cost more
+        // memcpy than the one allocation.
+        let inner = tower::util::MapFuture::new(inner, box_future::<S::Future>);
         // Built inside out: the innermost layer wraps the handler first.
         #[cfg(feature = "cache")]
         let inner = tower::ServiceBuilder::new()
@@ -310,6 +315,17 @@ where
             inner: BoxCloneSyncService::new(inner),
         }
     }
+}
+
+type BoxFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send + 'static>,
+>;
+
+fn box_future<F>(future: F) -> BoxFuture
+where
+    F: std::future::Future<Output = Result<Response, Infallible>> + Send + 'static,
+{
+    Box::pin(future)
 }
 
 /// The service made by [`PalisadeLayer`].

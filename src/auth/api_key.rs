@@ -142,6 +142,17 @@ pub type LookupFuture<'a> =
 pub trait ApiKeyStore: Send + Sync + 'static {
     /// Finds the key with this digest.
     fn lookup<'a>(&'a self, digest: &'a KeyDigest) -> LookupFuture<'a>;
+
+    /// The same answer as [`lookup`](Self::lookup), for stores that have it at once
+    /// (in memory): the auth layer then decides without boxing a future. `None`, the
+    /// default, means "call `lookup`".
+    fn lookup_now(
+        &self,
+        digest: &KeyDigest,
+    ) -> Option<Result<Option<ApiKeyRecord>, ApiKeyStoreError>> {
+        let _ = digest;
+        None
+    }
 }
 
 /// In-memory keys from `[[auth.api_keys]]`, compared in constant time.
@@ -219,6 +230,13 @@ impl ApiKeyStore for StaticKeyStore {
     fn lookup<'a>(&'a self, digest: &'a KeyDigest) -> LookupFuture<'a> {
         let found = self.get(digest).cloned();
         Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn lookup_now(
+        &self,
+        digest: &KeyDigest,
+    ) -> Option<Result<Option<ApiKeyRecord>, ApiKeyStoreError>> {
+        Some(Ok(self.get(digest).cloned()))
     }
 }
 

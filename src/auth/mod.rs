@@ -97,6 +97,7 @@ use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, StatusCode};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::config::AuthConfig;
@@ -662,6 +663,20 @@ enum Verdict {
     Rejected(Response),
 }
 
+/// Where [`State::start`] left a request: decided, or a credential to verify.
+enum Step<'a> {
+    Done(Verdict),
+    Verify(Verify<'a>),
+}
+
+/// A credential this route takes, not yet verified.
+struct Verify<'a> {
+    action: &'a Action,
+    credential: &'a str,
+    via: Via,
+    as_jwt: bool,
+}
+
 /// Failure of credential verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
@@ -741,40 +756,71 @@ impl State {
         )
     }
 
+    /// The verdict, awaiting the key store or JWKS when needed.
     async fn decide(&self, req: &http::request::Parts) -> Verdict {
+        match self.start(req) {
+            Step::Done(verdict) => verdict,
+            Step::Verify(v) => {
+                let result = if v.as_jwt {
+                    self.verify_jwt(v.credential, v.action.require).await
+                } else {
+                    self.verify_api_key(v.credential, v.action.require).await
+                };
+                self.finish(&v, result)
+            }
+        }
+    }
+
+    /// The verdict when it needs no waiting (no credential, a malformed one, an API
+    /// key in a store that answers at once); `None` when [`decide`](Self::decide)
+    /// must run.
+    fn decide_now(&self, req: &http::request::Parts) -> Option<Verdict> {
+        match self.start(req) {
+            Step::Done(verdict) => Some(verdict),
+            Step::Verify(v) if !v.as_jwt => {
+                let result = self.verify_api_key_now(v.credential, v.action.require)?;
+                Some(self.finish(&v, result))
+            }
+            Step::Verify(_) => None,
+        }
+    }
+
+    /// Everything before the credential is verified: header syntax, which credential,
+    /// whether this route takes it.
+    fn start<'a>(&'a self, req: &'a http::request::Parts) -> Step<'a> {
         let action = self.action(req);
         let headers = &req.headers;
         let api_key = match single_header(headers, &self.api_key_header) {
             Ok(v) => v,
             Err(()) => {
-                return Verdict::Rejected(self.bad_request(
+                return Step::Done(Verdict::Rejected(self.bad_request(
                     Via::ApiKeyHeader,
                     "the API key header is malformed or repeated",
-                ));
+                )));
             }
         };
         let bearer = match bearer_token(headers) {
             Ok(v) => v,
             Err(()) => {
-                return Verdict::Rejected(
+                return Step::Done(Verdict::Rejected(
                     self.bad_request(Via::Bearer, "the Authorization header is malformed"),
-                );
+                ));
             }
         };
         // A key and a different bearer token: ambiguous, refuse (RFC 6750 §2).
         if let (Some(k), Some(b)) = (api_key, bearer)
             && k != b
         {
-            return Verdict::Rejected(
+            return Step::Done(Verdict::Rejected(
                 self.bad_request(Via::Bearer, "credentials were sent in more than one way"),
-            );
+            ));
         }
         let require = action.require;
         let (credential, via) = match (api_key, bearer) {
             (Some(k), _) => (k, Via::ApiKeyHeader),
             (None, Some(b)) => (b, Via::Bearer),
-            (None, None) if require == Require::None => return Verdict::Anonymous,
-            (None, None) => return Verdict::Rejected(self.missing(require)),
+            (None, None) if require == Require::None => return Step::Done(Verdict::Anonymous),
+            (None, None) => return Step::Done(Verdict::Rejected(self.missing(require))),
         };
         let as_jwt = via == Via::Bearer && self.treat_as_jwt(credential, require);
         // A credential of a kind this route does not take counts as none: the
@@ -785,13 +831,24 @@ impl State {
             require.accepts_api_key()
         };
         if !accepted {
-            return Verdict::Rejected(self.missing(require));
+            return Step::Done(Verdict::Rejected(self.missing(require)));
         }
-        let (scheme, result) = if as_jwt {
-            ("jwt", self.verify_jwt(credential, require).await)
-        } else {
-            ("api_key", self.verify_api_key(credential, require).await)
-        };
+        Step::Verify(Verify {
+            action,
+            credential,
+            via,
+            as_jwt,
+        })
+    }
+
+    /// The verdict from the verification result.
+    fn finish(
+        &self,
+        v: &Verify<'_>,
+        result: Result<(Identity, Option<extract::VerifiedClaims>), Failure>,
+    ) -> Verdict {
+        let (action, via) = (v.action, v.via);
+        let scheme = if v.as_jwt { "jwt" } else { "api_key" };
         let invalid = match via {
             Via::ApiKeyHeader => &self.challenges.api_key_invalid,
             Via::Bearer => &self.challenges.bearer_invalid,
@@ -880,27 +937,63 @@ impl State {
                 return Err(Failure::Invalid);
             }
             let digest = hasher.digest(key.as_bytes());
-            match store.lookup(&digest).await {
-                Ok(Some(rec)) => {
-                    if rec.expires_at.is_some_and(|t| self.clock.now() >= t) {
-                        return Err(Failure::Expired);
-                    }
-                    Ok((
-                        Identity::new(IdentityKind::ApiKey, rec.id, rec.scopes),
-                        None,
-                    ))
-                }
-                Ok(None) => Err(Failure::Invalid),
-                Err(e) => {
-                    tracing::warn!(error = %e, "API key store failed");
-                    Err(Failure::Unavailable)
-                }
-            }
+            self.api_key_record(store.lookup(&digest).await)
         }
         #[cfg(not(feature = "api-key"))]
         {
             let _ = key;
             Err(Failure::Invalid)
+        }
+    }
+
+    /// [`verify_api_key`](Self::verify_api_key) without waiting: `None` when the store
+    /// cannot answer at once.
+    fn verify_api_key_now(
+        &self,
+        key: &str,
+        require: Require,
+    ) -> Option<Result<(Identity, Option<extract::VerifiedClaims>), Failure>> {
+        if !require.accepts_api_key() {
+            return Some(Err(Failure::Invalid));
+        }
+        #[cfg(feature = "api-key")]
+        {
+            let Some((hasher, store)) = &self.api_keys else {
+                return Some(Err(Failure::Invalid));
+            };
+            if key.is_empty() || key.len() > api_key::MAX_API_KEY_BYTES {
+                return Some(Err(Failure::Invalid));
+            }
+            let digest = hasher.digest(key.as_bytes());
+            Some(self.api_key_record(store.lookup_now(&digest)?))
+        }
+        #[cfg(not(feature = "api-key"))]
+        {
+            let _ = key;
+            Some(Err(Failure::Invalid))
+        }
+    }
+
+    #[cfg(feature = "api-key")]
+    fn api_key_record(
+        &self,
+        found: Result<Option<api_key::ApiKeyRecord>, api_key::ApiKeyStoreError>,
+    ) -> Result<(Identity, Option<extract::VerifiedClaims>), Failure> {
+        match found {
+            Ok(Some(rec)) => {
+                if rec.expires_at.is_some_and(|t| self.clock.now() >= t) {
+                    return Err(Failure::Expired);
+                }
+                Ok((
+                    Identity::new(IdentityKind::ApiKey, rec.id, rec.scopes),
+                    None,
+                ))
+            }
+            Ok(None) => Err(Failure::Invalid),
+            Err(e) => {
+                tracing::warn!(error = %e, "API key store failed");
+                Err(Failure::Unavailable)
+            }
         }
     }
 
@@ -988,36 +1081,127 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        // Most requests (no credential, a malformed one, an in-memory API key) are
+        // decided without waiting: no boxed future, no clone of the inner service.
+        if let Some(verdict) = self.state.decide_now(&parts) {
+            return match admit(verdict, &mut parts) {
+                Err(res) => ResponseFuture::ready(res),
+                Ok(out) => {
+                    ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)), out)
+                }
+            };
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = self.state.clone();
-        Box::pin(async move {
+        ResponseFuture::boxed(Box::pin(async move {
             // `Parts` is `Sync`, the body is not: decide on the head alone.
-            let (mut parts, body) = req.into_parts();
             let verdict = state.decide(&parts).await;
-            let out = match verdict {
-                Verdict::Rejected(res) => return Ok(res),
-                Verdict::Anonymous => outcome("none", None, "anonymous"),
-                Verdict::Allowed(identity, claims) => {
-                    let out = outcome(identity.kind.as_str(), Some(identity.id.clone()), "ok");
-                    parts.extensions.insert(identity);
-                    if let Some(c) = claims {
-                        parts.extensions.insert(c);
-                    }
-                    out
-                }
+            let out = match admit(verdict, &mut parts) {
+                Err(res) => return Ok(res),
+                Ok(out) => out,
             };
             let mut res = inner.call(Request::from_parts(parts, body)).await?;
             res.extensions_mut().insert(out);
             Ok(res)
-        })
+        }))
+    }
+}
+
+/// A rejection's response, or the outcome to attach to the handler's response (the
+/// identity is put into the request extensions).
+// The rejection is handed on as is; boxing it would allocate on every refusal.
+#[allow(clippy::result_large_err)]
+fn admit(verdict: Verdict, parts: &mut http::request::Parts) -> Result<AuthOutcome, Response> {
+    match verdict {
+        Verdict::Rejected(res) => Err(res),
+        Verdict::Anonymous => Ok(outcome("none", None, "anonymous")),
+        Verdict::Allowed(identity, claims) => {
+            let out = outcome(identity.kind.as_str(), Some(identity.id.clone()), "ok");
+            parts.extensions.insert(identity);
+            if let Some(c) = claims {
+                parts.extensions.insert(c);
+            }
+            Ok(out)
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Auth`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Ready { res: Option<Response> },
+        Inner { #[pin] future: F, out: Option<AuthOutcome> },
+        Boxed { future: BoxFuture },
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<F> ResponseFuture<F> {
+    fn ready(res: Response) -> Self {
+        Self {
+            kind: Kind::Ready { res: Some(res) },
+        }
+    }
+    fn inner(future: F, out: AuthOutcome) -> Self {
+        Self {
+            kind: Kind::Inner {
+                future,
+                out: Some(out),
+            },
+        }
+    }
+    fn boxed(future: BoxFuture) -> Self {
+        Self {
+            kind: Kind::Boxed { future },
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Ready { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => panic!("auth::ResponseFuture polled after completion"),
+            },
+            KindProj::Inner { future, out } => {
+                let Ok(mut res) = std::task::ready!(future.poll(cx));
+                if let Some(out) = out.take() {
+                    res.extensions_mut().insert(out);
+                }
+                Poll::Ready(Ok(res))
+            }
+            KindProj::Boxed { future } => future.as_mut().poll(cx),
+        }
     }
 }
 
