@@ -32,6 +32,9 @@
 //! the inner stage (after auth) sets the headers, then the outer stage appends its
 //! entries to the same `RateLimit` and `RateLimit-Policy` field lines (legacy
 //! headers: the tighter policy wins). The [`RateLimitOutcome`] is merged the same way.
+//! A request the after-auth stage refuses costs the before-auth stage nothing: seeing
+//! the inner stage's `limited` outcome, it gives back what it took (in memory at
+//! once, over Redis with one refund script before the response goes out).
 //!
 //! # Responses
 //!
@@ -306,6 +309,9 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Verdict {
     entries: Vec<Entry>,
+    /// Decided by Redis (not by memory): where a refund must go.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    in_redis: bool,
     limited: bool,
     shadow_limited: bool,
     retry_s: u64,
@@ -633,26 +639,43 @@ impl Stage {
             }
             e.fill(d, p.q_ns, NANOS);
         }
+        v.entries = entries;
         if v.limited {
-            for e in entries.iter_mut().filter(|e| e.allowed) {
-                let p = &self.policies[e.policy];
-                let key = MemKey {
-                    policy: p.index,
-                    value: e.value,
-                };
-                shared.memory.refund(key, p.q_ns, p.cost);
-                // Report the quota as it is after the refund.
-                let d = gcra::Decision {
-                    allowed: true,
-                    used_after: e.used_after.saturating_sub(p.q_ns.interval * p.cost),
-                    retry: 0,
-                };
-                e.fill(d, p.q_ns, NANOS);
-            }
+            self.refund_memory(&mut v);
             v.retry_s = gcra::ceil_secs(retry_ns, NANOS).max(1);
         }
-        v.entries = entries;
         v
+    }
+
+    /// Gives back, in memory, what the verdict's allowed entries took (the request
+    /// was refused by another policy or by the after-auth stage), and reports the
+    /// quota as it is after the refund.
+    fn refund_memory(&self, v: &mut Verdict) {
+        for e in v.entries.iter_mut().filter(|e| e.allowed) {
+            let p = &self.policies[e.policy];
+            let key = MemKey {
+                policy: p.index,
+                value: e.value,
+            };
+            self.shared.memory.refund(key, p.q_ns, p.cost);
+            let d = gcra::Decision {
+                allowed: true,
+                used_after: e.used_after.saturating_sub(p.q_ns.interval * p.cost),
+                retry: 0,
+            };
+            e.fill(d, p.q_ns, NANOS);
+        }
+    }
+
+    /// Whether the inner (after-auth) stage refused this response: the before-auth
+    /// stage then gives its quota back, so a request refused by one stage costs the
+    /// other nothing, as within one stage.
+    fn refused_inside(&self, res: &Response) -> bool {
+        !self.after_auth
+            && res
+                .extensions()
+                .get::<RateLimitOutcome>()
+                .is_some_and(|o| o.limited)
     }
 
     /// The 429 for a limited verdict.
@@ -896,7 +919,11 @@ where
                         if v.limited {
                             return Ok(stage.reject(&v));
                         }
+                        let mut v = v;
                         let mut res = inner.call(req).await?;
+                        if stage.refused_inside(&res) {
+                            stage.refund(&mut v).await;
+                        }
                         stage.finish(&mut res, &v);
                         Ok(res)
                     }),
@@ -969,7 +996,10 @@ where
             },
             StateProj::Inner { fut, finish } => {
                 let mut res = std::task::ready!(fut.poll(cx))?;
-                if let Some((stage, v)) = finish.take() {
+                if let Some((stage, mut v)) = finish.take() {
+                    if stage.refused_inside(&res) {
+                        stage.refund_memory(&mut v);
+                    }
                     stage.finish(&mut res, &v);
                 }
                 Poll::Ready(Ok(res))

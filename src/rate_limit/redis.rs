@@ -261,7 +261,51 @@ impl Stage {
             e.fill(d, p.q_us, MICROS);
         }
         v.entries = entries;
+        v.in_redis = true;
         Ok(v)
+    }
+
+    /// Gives back what an allowed verdict took, in the backend that decided it (the
+    /// after-auth stage refused the request).
+    pub(super) async fn refund(&self, v: &mut Verdict) {
+        if !v.in_redis {
+            return self.refund_memory(v);
+        }
+        let Some(backend) = self.shared.redis.as_ref() else {
+            return;
+        };
+        let committed: Vec<(usize, KeyValue)> = v
+            .entries
+            .iter()
+            .filter(|e| e.allowed)
+            .map(|e| (e.policy, e.value))
+            .collect();
+        if committed.is_empty() {
+            return;
+        }
+        // Best effort: a failed refund only over-counts, never under-counts.
+        let refunded = if backend.pool.is_cluster() {
+            let groups = group_by_value(&committed);
+            let runs: Vec<BoxRun<'_, Result<(), StoreError>>> = groups
+                .iter()
+                .map(|(_, g)| Box::pin(backend.refund(self, g)) as BoxRun<'_, _>)
+                .collect();
+            join_all(runs).await.into_iter().all(|r| r.is_ok())
+        } else {
+            backend.refund(self, &committed).await.is_ok()
+        };
+        if !refunded {
+            return;
+        }
+        for e in v.entries.iter_mut().filter(|e| e.allowed) {
+            let p = &self.policies[e.policy];
+            let d = Decision {
+                allowed: true,
+                used_after: e.used_after.saturating_sub(p.q_us.interval * p.cost),
+                retry: 0,
+            };
+            e.fill(d, p.q_us, MICROS);
+        }
     }
 
     /// Cluster: one script per distinct key value (one hash slot each), concurrently.
