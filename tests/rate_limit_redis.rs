@@ -340,8 +340,7 @@ async fn refused_after_auth_costs_the_before_auth_stage_nothing(redis: RedisConf
 #[tokio::test]
 async fn refused_after_auth_refunds_before_auth_in_redis() {
     let server = support::RedisServer::start_owned();
-    refused_after_auth_costs_the_before_auth_stage_nothing(RedisConfig::single(server.url()))
-        .await;
+    refused_after_auth_costs_the_before_auth_stage_nothing(RedisConfig::single(server.url())).await;
 }
 
 #[tokio::test]

@@ -305,10 +305,14 @@ struct Entry {
     reset_s: u64,
 }
 
+/// The entries of one request, inline for up to three policies: no allocation on
+/// the hot path.
+type Entries = smallvec::SmallVec<[Entry; 3]>;
+
 /// A stage's decision for one request.
 #[derive(Debug, Default)]
 struct Verdict {
-    entries: Vec<Entry>,
+    entries: Entries,
     /// Decided by Redis (not by memory): where a refund must go.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     in_redis: bool,
@@ -572,12 +576,12 @@ fn spawn_cleanup(shared: &Arc<Shared>, ctx: &BuildContext) {
 impl Stage {
     /// The policies that apply to this request, with the request's key value for
     /// each. Empty when the client is allow-listed.
-    fn applicable(&self, req: &Request) -> Vec<Entry> {
+    fn applicable(&self, req: &Request) -> Entries {
         let shared = &*self.shared;
         if !shared.allow_nets.is_empty() {
             let ip = key::client_ip(req).to_canonical();
             if shared.allow_nets.iter().any(|n| n.contains(&ip)) {
-                return Vec::new();
+                return Entries::new();
             }
         }
         if self.after_auth
@@ -587,9 +591,9 @@ impl Stage {
                 .get::<Identity>()
                 .is_some_and(|id| shared.allow_ids.contains(&id.id))
         {
-            return Vec::new();
+            return Entries::new();
         }
-        let mut out = Vec::new();
+        let mut out = Entries::new();
         for (i, p) in self.policies.iter().enumerate() {
             if !p.matcher.matches(req.method(), req.uri().path()) {
                 continue;
@@ -599,9 +603,6 @@ impl Stage {
                 .extract(req, shared.ipv6_prefix)
                 .or_else(|| p.fallback.as_ref()?.extract(req, shared.ipv6_prefix));
             if let Some(v) = value {
-                if out.capacity() == 0 {
-                    out.reserve_exact(self.policies.len() - i);
-                }
                 out.push(Entry {
                     policy: i,
                     value: v,
@@ -617,7 +618,7 @@ impl Stage {
 
     /// Decides with the in-memory store (all-or-nothing across the policies),
     /// filling in the entries `applicable` made.
-    fn decide_memory(&self, mut entries: Vec<Entry>) -> Verdict {
+    fn decide_memory(&self, mut entries: Entries) -> Verdict {
         let shared = &*self.shared;
         let now = shared.now_ns();
         let mut v = Verdict::default();
@@ -743,7 +744,7 @@ impl Stage {
     }
 
     fn ietf_headers(&self, headers: &mut HeaderMap, v: &Verdict) {
-        // Exact length: a `String` whose capacity equals its length becomes the
+        // Exact length: a `Vec` whose capacity equals its length becomes the
         // header's bytes without another allocation.
         let len = v
             .entries
@@ -753,18 +754,19 @@ impl Stage {
             })
             .sum::<usize>()
             + 2 * (v.entries.len() - 1);
-        let mut state = String::with_capacity(len);
+        let mut state = Vec::with_capacity(len);
+        let mut num = itoa::Buffer::new();
         for (n, e) in v.entries.iter().enumerate() {
             if n > 0 {
-                state.push_str(", ");
+                state.extend_from_slice(b", ");
             }
             let p = &self.policies[e.policy];
-            state.push('"');
-            state.push_str(&p.name);
-            state.push_str("\";r=");
-            push_u64(&mut state, e.remaining);
-            state.push_str(";t=");
-            push_u64(&mut state, e.reset_s);
+            state.push(b'"');
+            state.extend_from_slice(p.name.as_bytes());
+            state.extend_from_slice(b"\";r=");
+            state.extend_from_slice(num.format(e.remaining).as_bytes());
+            state.extend_from_slice(b";t=");
+            state.extend_from_slice(num.format(e.reset_s).as_bytes());
         }
         let policy = if v.entries.len() == 1 {
             self.policies[v.entries[0].policy].policy_value.clone()
@@ -783,7 +785,7 @@ impl Stage {
         };
         append_item(headers, &RATELIMIT_POLICY, policy);
         debug_assert_eq!(state.len(), len);
-        if let Ok(state) = HeaderValue::try_from(state) {
+        if let Ok(state) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
             append_item(headers, &RATELIMIT, state);
         }
     }
@@ -814,23 +816,6 @@ impl Stage {
 /// Number of decimal digits of `n`.
 fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// Appends the decimal digits of `n` (cheaper than `fmt` on this hot path).
-fn push_u64(s: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        s.push(char::from(b));
-    }
 }
 
 /// Sets a structured-field list header, or appends our items to the list an inner

@@ -30,7 +30,7 @@ use http::{HeaderValue, StatusCode};
 
 use super::gcra::{self, Decision};
 use super::key::KeyValue;
-use super::{Entry, MICROS, Stage, Verdict};
+use super::{Entries, MICROS, Stage, Verdict};
 use crate::config::rate_limit::OnStoreError;
 use crate::problem::Problem;
 use crate::redis::{RedisPool, StoreError};
@@ -116,7 +116,7 @@ impl RedisBackend {
         let mut inv = self.script.prepare_invoke();
         for &(i, value) in items {
             let p = &stage.policies[i];
-            inv.key(format!("{}:{}", value.redis_tag(), p.name));
+            inv.key(value.redis_key(&p.name));
             inv.arg(p.q_us.interval)
                 .arg(p.q_us.tau)
                 .arg(p.cost)
@@ -139,7 +139,7 @@ impl RedisBackend {
         let mut inv = self.refund.prepare_invoke();
         for &(i, value) in items {
             let p = &stage.policies[i];
-            inv.key(format!("{}:{}", value.redis_tag(), p.name));
+            inv.key(value.redis_key(&p.name));
             inv.arg(p.q_us.interval.saturating_mul(p.cost));
         }
         self.pool
@@ -183,7 +183,7 @@ impl Stage {
     /// 503 of `deny`).
     pub(super) async fn decide_redis(
         &self,
-        mut entries: Vec<Entry>,
+        mut entries: Entries,
     ) -> Result<Verdict, Box<Response>> {
         let shared = &*self.shared;
         let Some(backend) = shared.redis.as_ref() else {
