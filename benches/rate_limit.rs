@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use http::Request;
 use palisade::config::RateLimitConfig;
 use palisade::rate_limit::RateLimitLayer;
@@ -275,8 +275,60 @@ mod redis_bench {
     }
 }
 
+/// One in-memory decision through palisade's layer (a symbol for callgrind).
+#[inline(never)]
+fn one_palisade<S>(svc: &mut S, ip: u32) -> Response
+where
+    S: Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    now(svc.call(request(ip))).unwrap()
+}
+
+/// One in-memory decision through tower_governor (a symbol for callgrind).
+#[inline(never)]
+fn one_governor<S>(svc: &mut S, ip: u32) -> Response
+where
+    S: Service<axum::extract::Request, Response = Response>,
+    S::Error: std::fmt::Debug,
+{
+    now(svc.call(request(ip))).unwrap()
+}
+
+/// `RATE_LIMIT_CALLGRIND_ITERS=n`: no criterion, no Redis; `n` one-key decisions
+/// through each layer, for deterministic instruction counts per request:
+///
+/// ```text
+/// RATE_LIMIT_CALLGRIND_ITERS=100000 valgrind --tool=callgrind \
+///   --toggle-collect='rate_limit::one_*' target/release/deps/rate_limit-<hash>
+/// callgrind_annotate --inclusive=yes callgrind.out.<pid> | grep one_
+/// ```
+fn callgrind(iters: u32) {
+    let mut svc = palisade_layer("").layer(noop_service());
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1000)
+        .burst_size(1_000_000_000)
+        .use_headers()
+        .finish()
+        .unwrap();
+    let mut gov = tower_governor::GovernorLayer::new(Arc::new(config)).layer(noop_service());
+    for _ in 0..iters {
+        assert_eq!(one_palisade(&mut svc, 0x0a00_0001).status(), 200);
+        assert_eq!(one_governor(&mut gov, 0x0a00_0001).status(), 200);
+    }
+}
+
 #[cfg(feature = "redis")]
 criterion_group!(benches, memory, redis_bench::redis);
 #[cfg(not(feature = "redis"))]
 criterion_group!(benches, memory);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(iters) = std::env::var("RATE_LIMIT_CALLGRIND_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        return callgrind(iters);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

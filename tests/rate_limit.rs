@@ -221,6 +221,43 @@ async fn limited_by_one_policy_costs_the_others_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn refused_after_auth_costs_the_before_auth_stage_nothing() {
+    let app = app(r#"
+        [[policies]]
+        name = "per-ip"
+        limit = 10
+        period_s = 10
+        [[policies]]
+        name = "user"
+        key = "identity"
+        limit = 1
+        period_s = 100
+    "#);
+    let alice = || {
+        let mut r = req_from("192.0.2.1");
+        r.headers_mut().insert("x-user", "alice".parse().unwrap());
+        r
+    };
+    assert_eq!(send(&app, alice()).await.status(), 200);
+    for _ in 0..3 {
+        let res = send(&app, alice()).await;
+        assert_eq!(res.status(), 429);
+        // The before-auth stage reports its quota as it is after giving back.
+        assert_eq!(
+            header(&res, "ratelimit"),
+            "\"user\";r=0;t=100, \"per-ip\";r=9;t=1"
+        );
+        let outcome = res.extensions().get::<RateLimitOutcome>().unwrap();
+        assert!(outcome.limited);
+        assert_eq!(&*outcome.policy, "user");
+    }
+    // Only the two admitted requests were taken from "per-ip".
+    let res = send(&app, req_from("192.0.2.1")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "ratelimit"), "\"per-ip\";r=8;t=1");
+}
+
+#[tokio::test(start_paused = true)]
 async fn cost_takes_several_units() {
     let app = app(r#"
         [[policies]]
@@ -289,9 +326,10 @@ async fn allow_list_by_cidr_and_identity() {
     assert_eq!(send(&app, from("alice", "192.0.2.3")).await.status(), 200);
     let res = send(&app, from("alice", "192.0.2.4")).await;
     assert_eq!(res.status(), 429);
+    // Refused after auth: the IP policy before auth gets its unit back.
     assert_eq!(
         header(&res, "ratelimit"),
-        "\"user\";r=0;t=60, \"ip\";r=0;t=60"
+        "\"user\";r=0;t=60, \"ip\";r=1;t=0"
     );
 }
 

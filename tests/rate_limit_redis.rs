@@ -16,6 +16,7 @@ use axum::response::Response;
 use axum::routing::get;
 use http::Request;
 use palisade::config::{RateLimitConfig, RedisConfig};
+use palisade::identity::{Identity, IdentityKind};
 use palisade::outcome::RateLimitOutcome;
 use palisade::problem::Rejection;
 use palisade::rate_limit::RateLimitLayer;
@@ -31,6 +32,28 @@ fn replica(redis: RedisConfig, toml_text: &str) -> Router {
     let stages = RateLimitLayer::from_config(&config, &ctx).expect("valid config");
     Router::new()
         .route("/", get(|| async { "ok" }))
+        .layer(stages.before_auth.expect("a before-auth stage"))
+}
+
+/// A replica with both stages and, between them, a stand-in for auth that turns
+/// `x-user` into an [`Identity`].
+fn two_stage_replica(redis: RedisConfig, toml_text: &str) -> Router {
+    let config: RateLimitConfig = toml::from_str(toml_text).expect("valid toml");
+    let mut ctx = BuildContext::default();
+    ctx.redis = RedisPool::from_config(&redis).expect("valid redis config");
+    let stages = RateLimitLayer::from_config(&config, &ctx).expect("valid config");
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(stages.after_auth.expect("an after-auth stage"))
+        .layer(axum::middleware::from_fn(
+            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
+                if let Some(user) = req.headers().get("x-user").and_then(|v| v.to_str().ok()) {
+                    let id = Identity::new(IdentityKind::ApiKey, user, Vec::<String>::new());
+                    req.extensions_mut().insert(id);
+                }
+                next.run(req).await
+            },
+        ))
         .layer(stages.before_auth.expect("a before-auth stage"))
 }
 
@@ -268,6 +291,63 @@ async fn memory_and_redis_backends_agree() {
             assert_eq!(header(&a, h), header(&b, h), "request {i}, {h}");
         }
     }
+}
+
+async fn refused_after_auth_costs_the_before_auth_stage_nothing(redis: RedisConfig) {
+    let app = two_stage_replica(
+        redis,
+        r#"
+        backend = "redis"
+        on_store_error = "deny"
+        [[policies]]
+        name = "per-ip"
+        limit = 10
+        period_s = 600
+        [[policies]]
+        name = "global"
+        key = "global"
+        limit = 1000
+        period_s = 36000
+        [[policies]]
+        name = "user"
+        key = "identity"
+        limit = 1
+        period_s = 600
+        "#,
+    );
+    let alice = || {
+        let mut r = req_from("192.0.2.1");
+        r.headers_mut().insert("x-user", "alice".parse().unwrap());
+        r
+    };
+    assert_eq!(send(&app, alice()).await.status(), 200);
+    for _ in 0..3 {
+        let res = send(&app, alice()).await;
+        assert_eq!(res.status(), 429);
+        let value = header(&res, "ratelimit");
+        assert!(value.starts_with("\"user\";r=0;"), "{value}");
+        assert!(value.contains("\"per-ip\";r=9;"), "{value}");
+        assert!(value.contains("\"global\";r=999;"), "{value}");
+    }
+    // Only the two admitted requests were taken from the before-auth policies.
+    let res = send(&app, req_from("192.0.2.1")).await;
+    assert_eq!(res.status(), 200);
+    let value = header(&res, "ratelimit");
+    assert!(value.contains("\"per-ip\";r=8;"), "{value}");
+    assert!(value.contains("\"global\";r=998;"), "{value}");
+}
+
+#[tokio::test]
+async fn refused_after_auth_refunds_before_auth_in_redis() {
+    let server = support::RedisServer::start_owned();
+    refused_after_auth_costs_the_before_auth_stage_nothing(RedisConfig::single(server.url())).await;
+}
+
+#[tokio::test]
+async fn cluster_refused_after_auth_refunds_before_auth() {
+    let cluster = support::RedisCluster::start();
+    refused_after_auth_costs_the_before_auth_stage_nothing(RedisConfig::cluster(cluster.urls()))
+        .await;
 }
 
 #[tokio::test]

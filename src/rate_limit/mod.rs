@@ -32,6 +32,9 @@
 //! the inner stage (after auth) sets the headers, then the outer stage appends its
 //! entries to the same `RateLimit` and `RateLimit-Policy` field lines (legacy
 //! headers: the tighter policy wins). The [`RateLimitOutcome`] is merged the same way.
+//! A request the after-auth stage refuses costs the before-auth stage nothing: seeing
+//! the inner stage's `limited` outcome, it gives back what it took (in memory at
+//! once, over Redis with one refund script before the response goes out).
 //!
 //! # Responses
 //!
@@ -302,10 +305,17 @@ struct Entry {
     reset_s: u64,
 }
 
+/// The entries of one request, inline for up to three policies: no allocation on
+/// the hot path.
+type Entries = smallvec::SmallVec<[Entry; 3]>;
+
 /// A stage's decision for one request.
 #[derive(Debug, Default)]
 struct Verdict {
-    entries: Vec<Entry>,
+    entries: Entries,
+    /// Decided by Redis (not by memory): where a refund must go.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    in_redis: bool,
     limited: bool,
     shadow_limited: bool,
     retry_s: u64,
@@ -566,12 +576,12 @@ fn spawn_cleanup(shared: &Arc<Shared>, ctx: &BuildContext) {
 impl Stage {
     /// The policies that apply to this request, with the request's key value for
     /// each. Empty when the client is allow-listed.
-    fn applicable(&self, req: &Request) -> Vec<Entry> {
+    fn applicable(&self, req: &Request) -> Entries {
         let shared = &*self.shared;
         if !shared.allow_nets.is_empty() {
             let ip = key::client_ip(req).to_canonical();
             if shared.allow_nets.iter().any(|n| n.contains(&ip)) {
-                return Vec::new();
+                return Entries::new();
             }
         }
         if self.after_auth
@@ -581,9 +591,9 @@ impl Stage {
                 .get::<Identity>()
                 .is_some_and(|id| shared.allow_ids.contains(&id.id))
         {
-            return Vec::new();
+            return Entries::new();
         }
-        let mut out = Vec::new();
+        let mut out = Entries::new();
         for (i, p) in self.policies.iter().enumerate() {
             if !p.matcher.matches(req.method(), req.uri().path()) {
                 continue;
@@ -593,9 +603,6 @@ impl Stage {
                 .extract(req, shared.ipv6_prefix)
                 .or_else(|| p.fallback.as_ref()?.extract(req, shared.ipv6_prefix));
             if let Some(v) = value {
-                if out.capacity() == 0 {
-                    out.reserve_exact(self.policies.len() - i);
-                }
                 out.push(Entry {
                     policy: i,
                     value: v,
@@ -611,7 +618,7 @@ impl Stage {
 
     /// Decides with the in-memory store (all-or-nothing across the policies),
     /// filling in the entries `applicable` made.
-    fn decide_memory(&self, mut entries: Vec<Entry>) -> Verdict {
+    fn decide_memory(&self, mut entries: Entries) -> Verdict {
         let shared = &*self.shared;
         let now = shared.now_ns();
         let mut v = Verdict::default();
@@ -633,26 +640,43 @@ impl Stage {
             }
             e.fill(d, p.q_ns, NANOS);
         }
+        v.entries = entries;
         if v.limited {
-            for e in entries.iter_mut().filter(|e| e.allowed) {
-                let p = &self.policies[e.policy];
-                let key = MemKey {
-                    policy: p.index,
-                    value: e.value,
-                };
-                shared.memory.refund(key, p.q_ns, p.cost);
-                // Report the quota as it is after the refund.
-                let d = gcra::Decision {
-                    allowed: true,
-                    used_after: e.used_after.saturating_sub(p.q_ns.interval * p.cost),
-                    retry: 0,
-                };
-                e.fill(d, p.q_ns, NANOS);
-            }
+            self.refund_memory(&mut v);
             v.retry_s = gcra::ceil_secs(retry_ns, NANOS).max(1);
         }
-        v.entries = entries;
         v
+    }
+
+    /// Gives back, in memory, what the verdict's allowed entries took (the request
+    /// was refused by another policy or by the after-auth stage), and reports the
+    /// quota as it is after the refund.
+    fn refund_memory(&self, v: &mut Verdict) {
+        for e in v.entries.iter_mut().filter(|e| e.allowed) {
+            let p = &self.policies[e.policy];
+            let key = MemKey {
+                policy: p.index,
+                value: e.value,
+            };
+            self.shared.memory.refund(key, p.q_ns, p.cost);
+            let d = gcra::Decision {
+                allowed: true,
+                used_after: e.used_after.saturating_sub(p.q_ns.interval * p.cost),
+                retry: 0,
+            };
+            e.fill(d, p.q_ns, NANOS);
+        }
+    }
+
+    /// Whether the inner (after-auth) stage refused this response: the before-auth
+    /// stage then gives its quota back, so a request refused by one stage costs the
+    /// other nothing, as within one stage.
+    fn refused_inside(&self, res: &Response) -> bool {
+        !self.after_auth
+            && res
+                .extensions()
+                .get::<RateLimitOutcome>()
+                .is_some_and(|o| o.limited)
     }
 
     /// The 429 for a limited verdict.
@@ -720,7 +744,7 @@ impl Stage {
     }
 
     fn ietf_headers(&self, headers: &mut HeaderMap, v: &Verdict) {
-        // Exact length: a `String` whose capacity equals its length becomes the
+        // Exact length: a `Vec` whose capacity equals its length becomes the
         // header's bytes without another allocation.
         let len = v
             .entries
@@ -730,18 +754,19 @@ impl Stage {
             })
             .sum::<usize>()
             + 2 * (v.entries.len() - 1);
-        let mut state = String::with_capacity(len);
+        let mut state = Vec::with_capacity(len);
+        let mut num = itoa::Buffer::new();
         for (n, e) in v.entries.iter().enumerate() {
             if n > 0 {
-                state.push_str(", ");
+                state.extend_from_slice(b", ");
             }
             let p = &self.policies[e.policy];
-            state.push('"');
-            state.push_str(&p.name);
-            state.push_str("\";r=");
-            push_u64(&mut state, e.remaining);
-            state.push_str(";t=");
-            push_u64(&mut state, e.reset_s);
+            state.push(b'"');
+            state.extend_from_slice(p.name.as_bytes());
+            state.extend_from_slice(b"\";r=");
+            state.extend_from_slice(num.format(e.remaining).as_bytes());
+            state.extend_from_slice(b";t=");
+            state.extend_from_slice(num.format(e.reset_s).as_bytes());
         }
         let policy = if v.entries.len() == 1 {
             self.policies[v.entries[0].policy].policy_value.clone()
@@ -760,7 +785,7 @@ impl Stage {
         };
         append_item(headers, &RATELIMIT_POLICY, policy);
         debug_assert_eq!(state.len(), len);
-        if let Ok(state) = HeaderValue::try_from(state) {
+        if let Ok(state) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
             append_item(headers, &RATELIMIT, state);
         }
     }
@@ -791,23 +816,6 @@ impl Stage {
 /// Number of decimal digits of `n`.
 fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
-}
-
-/// Appends the decimal digits of `n` (cheaper than `fmt` on this hot path).
-fn push_u64(s: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        s.push(char::from(b));
-    }
 }
 
 /// Sets a structured-field list header, or appends our items to the list an inner
@@ -896,7 +904,11 @@ where
                         if v.limited {
                             return Ok(stage.reject(&v));
                         }
+                        let mut v = v;
                         let mut res = inner.call(req).await?;
+                        if stage.refused_inside(&res) {
+                            stage.refund(&mut v).await;
+                        }
                         stage.finish(&mut res, &v);
                         Ok(res)
                     }),
@@ -969,7 +981,10 @@ where
             },
             StateProj::Inner { fut, finish } => {
                 let mut res = std::task::ready!(fut.poll(cx))?;
-                if let Some((stage, v)) = finish.take() {
+                if let Some((stage, mut v)) = finish.take() {
+                    if stage.refused_inside(&res) {
+                        stage.refund_memory(&mut v);
+                    }
                     stage.finish(&mut res, &v);
                 }
                 Poll::Ready(Ok(res))

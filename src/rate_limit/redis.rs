@@ -14,7 +14,10 @@
 //!   on a Cluster they are decided by one script per value, sent concurrently
 //!   (all-or-nothing then holds within each value, not across them). On a single
 //!   server everything goes into one script.
-//! - `EVALSHA`, reloaded on `NOSCRIPT` by [`RedisPool::invoke_script`].
+//! - `EVALSHA` sent as one plain command (one argument buffer); on `NOSCRIPT` the
+//!   call is retried through [`RedisPool::invoke_script`], which loads the script.
+//!   That first refusal is counted in `palisade_redis_errors_total{op="rate_limit"}`,
+//!   once per call that met it (after a flush, restart or failover).
 //!
 //! The script returns, for each key, how far its TAT lies ahead of the server's now
 //! (`used`); the Rust side then runs exactly the same [`gcra::decide`] as the memory
@@ -30,7 +33,7 @@ use http::{HeaderValue, StatusCode};
 
 use super::gcra::{self, Decision};
 use super::key::KeyValue;
-use super::{Entry, MICROS, Stage, Verdict};
+use super::{Entries, MICROS, Stage, Verdict};
 use crate::config::rate_limit::OnStoreError;
 use crate::problem::Problem;
 use crate::redis::{RedisPool, StoreError};
@@ -82,6 +85,12 @@ end
 return 0
 "#;
 
+/// Whether a store error is Redis's `NOSCRIPT` (as the pool words it: redis-rs
+/// names the kind `NoScript`, Redis's own text says "No matching script").
+fn is_noscript(error: &str) -> bool {
+    error.contains("NoScript") || error.contains("NOSCRIPT") || error.contains("No matching script")
+}
+
 /// Store errors are logged at most once per this many milliseconds.
 const LOG_EVERY_MS: u64 = 10_000;
 
@@ -113,16 +122,37 @@ impl RedisBackend {
         stage: &Stage,
         items: &[(usize, KeyValue)],
     ) -> Result<(bool, Vec<u64>), StoreError> {
-        let mut inv = self.script.prepare_invoke();
+        // `EVALSHA` as one plain command: its arguments go into one buffer, where a
+        // `ScriptInvocation` allocates each key and argument twice. Only when Redis
+        // does not know the script (`NOSCRIPT`: after a flush, restart or failover)
+        // is the invocation built, which loads the script and retries.
+        let mut cmd = ::redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(items.len());
         for &(i, value) in items {
+            cmd.arg(value.redis_key(&stage.policies[i].name));
+        }
+        for &(i, _) in items {
             let p = &stage.policies[i];
-            inv.key(format!("{}:{}", value.redis_tag(), p.name));
-            inv.arg(p.q_us.interval)
+            cmd.arg(p.q_us.interval)
                 .arg(p.q_us.tau)
                 .arg(p.cost)
                 .arg(if p.shadow { 0 } else { 1 });
         }
-        let out: Vec<i64> = self.pool.invoke_script("rate_limit", &inv).await?;
+        let out: Vec<i64> = match self.pool.query("rate_limit", &cmd).await {
+            Err(StoreError::Redis(e)) if is_noscript(&e) => {
+                let mut inv = self.script.prepare_invoke();
+                for &(i, value) in items {
+                    let p = &stage.policies[i];
+                    inv.key(value.redis_key(&p.name));
+                    inv.arg(p.q_us.interval)
+                        .arg(p.q_us.tau)
+                        .arg(p.cost)
+                        .arg(if p.shadow { 0 } else { 1 });
+                }
+                self.pool.invoke_script("rate_limit", &inv).await?
+            }
+            out => out?,
+        };
         if out.len() != items.len() + 1 {
             return Err(StoreError::Redis(format!(
                 "rate-limit script returned {} values for {} keys",
@@ -139,7 +169,7 @@ impl RedisBackend {
         let mut inv = self.refund.prepare_invoke();
         for &(i, value) in items {
             let p = &stage.policies[i];
-            inv.key(format!("{}:{}", value.redis_tag(), p.name));
+            inv.key(value.redis_key(&p.name));
             inv.arg(p.q_us.interval.saturating_mul(p.cost));
         }
         self.pool
@@ -183,7 +213,7 @@ impl Stage {
     /// 503 of `deny`).
     pub(super) async fn decide_redis(
         &self,
-        mut entries: Vec<Entry>,
+        mut entries: Entries,
     ) -> Result<Verdict, Box<Response>> {
         let shared = &*self.shared;
         let Some(backend) = shared.redis.as_ref() else {
@@ -261,7 +291,51 @@ impl Stage {
             e.fill(d, p.q_us, MICROS);
         }
         v.entries = entries;
+        v.in_redis = true;
         Ok(v)
+    }
+
+    /// Gives back what an allowed verdict took, in the backend that decided it (the
+    /// after-auth stage refused the request).
+    pub(super) async fn refund(&self, v: &mut Verdict) {
+        if !v.in_redis {
+            return self.refund_memory(v);
+        }
+        let Some(backend) = self.shared.redis.as_ref() else {
+            return;
+        };
+        let committed: Vec<(usize, KeyValue)> = v
+            .entries
+            .iter()
+            .filter(|e| e.allowed)
+            .map(|e| (e.policy, e.value))
+            .collect();
+        if committed.is_empty() {
+            return;
+        }
+        // Best effort: a failed refund only over-counts, never under-counts.
+        let refunded = if backend.pool.is_cluster() {
+            let groups = group_by_value(&committed);
+            let runs: Vec<BoxRun<'_, Result<(), StoreError>>> = groups
+                .iter()
+                .map(|(_, g)| Box::pin(backend.refund(self, g)) as BoxRun<'_, _>)
+                .collect();
+            join_all(runs).await.into_iter().all(|r| r.is_ok())
+        } else {
+            backend.refund(self, &committed).await.is_ok()
+        };
+        if !refunded {
+            return;
+        }
+        for e in v.entries.iter_mut().filter(|e| e.allowed) {
+            let p = &self.policies[e.policy];
+            let d = Decision {
+                allowed: true,
+                used_after: e.used_after.saturating_sub(p.q_us.interval * p.cost),
+                retry: 0,
+            };
+            e.fill(d, p.q_us, MICROS);
+        }
     }
 
     /// Cluster: one script per distinct key value (one hash slot each), concurrently.
@@ -356,6 +430,15 @@ impl RedisBackend {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn noscript_recognised_as_the_pool_words_it() {
+        assert!(is_noscript(
+            "NoScript: No matching script. Please use EVAL."
+        ));
+        assert!(is_noscript("NOSCRIPT No matching script"));
+        assert!(!is_noscript("timed out"));
+    }
 
     #[tokio::test]
     async fn store_errors_logged_at_most_once_per_interval() {
