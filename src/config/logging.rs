@@ -51,7 +51,9 @@ pub struct LoggingConfig {
     /// (case-insensitive). Replaces the default list.
     pub redact_query_params: Vec<String>,
     /// Paths without an access-log event (patterns as in `rate_limit` rules). Default:
-    /// the operational endpoints `/metrics`, `/health`, `/ready`.
+    /// the operational endpoints `/metrics`, `/health`, `/ready`, following
+    /// `metrics.path`, `health.path` and `health.ready_path` when those move (a list
+    /// you set is kept as written).
     pub exclude_paths: Vec<String>,
 }
 
