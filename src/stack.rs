@@ -133,6 +133,7 @@ impl Palisade {
                 &ctx,
             ))
             .flatten();
+        errors.collect(config.logging.otel.validate());
         // Default exclusions follow the operational routes when their paths move.
         let follow = |exclude: &[String]| {
             crate::config::health::follow_ops_paths(exclude, &config.metrics.path, &config.health)
