@@ -827,6 +827,9 @@ async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
 
 #[tokio::test]
 async fn active_requests_span_the_streamed_body_and_drop_once_on_disconnect() {
+    // A subscriber on this thread too: a callsite first registered where none is
+    // interested would be disabled for the tests that capture logs.
+    let (_logs, _guard) = capture();
     use tokio::io::AsyncWriteExt;
     // PUT, DELETE and PATCH over plain HTTP are used by this test only.
     let feed: Feed = Arc::default();
@@ -933,6 +936,9 @@ fn size_series(text: &str, metric: &str, route: &str) -> Option<(f64, f64)> {
 
 #[tokio::test]
 async fn body_size_histograms_count_known_and_streamed_bodies_when_enabled() {
+    // A subscriber on this thread too: a callsite first registered where none is
+    // interested would be disabled for the tests that capture logs.
+    let (_logs, _guard) = capture();
     use tokio::io::AsyncWriteExt;
     let feed: Feed = Arc::default();
     let routes = Router::new()
@@ -1021,6 +1027,9 @@ async fn body_size_histograms_count_known_and_streamed_bodies_when_enabled() {
 
 #[tokio::test]
 async fn body_sizes_are_off_by_default() {
+    // A subscriber on this thread too: a callsite first registered where none is
+    // interested would be disabled for the tests that capture logs.
+    let (_logs, _guard) = capture();
     let routes = Router::new().route(
         "/size-off",
         axum::routing::post(|body: Bytes| async move { body }),
