@@ -115,6 +115,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         });
     })
     .await?;
+    // Sends the spans still buffered when `[logging.otel]` exports them.
+    tokio::task::spawn_blocking(palisade::otel::shutdown).await?;
     Ok(())
 }
 

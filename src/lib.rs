@@ -43,6 +43,7 @@
 //! | `cache` | yes | [`cache`]: response caching in memory (Redis with `redis`) |
 //! | `jwt` | no | [`auth`]: JWT with pinned algorithms, PEM keys and JWKS |
 //! | `redis` | no | [`redis`]: Redis backends for rate limiting and caching |
+//! | `otel` | no | [`otel`]: OpenTelemetry span export over OTLP/HTTP, W3C `traceparent` |
 //! | `full` | no | all of the above |
 //!
 //! # Minimum supported Rust version
@@ -75,6 +76,8 @@ pub mod health;
 pub mod https;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 #[cfg(feature = "redis")]

@@ -4,6 +4,8 @@
 //! |---|---|---|
 //! | `http_server_request_duration_seconds` | histogram (buckets 5 ms … 10 s) | `http_request_method`, `http_route`, `http_response_status_code`, `url_scheme` |
 //! | `http_server_active_requests` | gauge | `http_request_method`, `url_scheme` |
+//! | `http_server_request_body_size_bytes` | histogram (1 KiB … 10 MiB), opt-in | as the duration |
+//! | `http_server_response_body_size_bytes` | histogram (1 KiB … 10 MiB), opt-in | as the duration |
 //! | `palisade_rate_limit_decisions_total` | counter | `policy`, `outcome` (`allowed`, `limited`, `shadow_limited`) |
 //! | `palisade_auth_total` | counter | `scheme`, `outcome` |
 //! | `palisade_cache_requests_total` | counter | `result` (`hit`, `miss`, `stale`, `bypass`) |
@@ -12,7 +14,20 @@
 //! | `palisade_redis_errors_total` | counter | `op` |
 //!
 //! Names are the OpenTelemetry semantic-convention names as Prometheus renders them;
-//! the request rate is the histogram's `_count`. The palisade counters are read from
+//! the request rate is the histogram's `_count`.
+//!
+//! # When a request ends
+//!
+//! The duration runs to the response head (what the handler controls). A request
+//! stays in `http_server_active_requests` until its response body has been sent, or
+//! until the client goes away (the response future or the body is dropped): the
+//! gauge drops exactly once either way, so a streaming response counts while it
+//! streams and a cancelled request never leaks a count.
+//!
+//! `[metrics] body_sizes = true` adds the two body-size histograms. A body's size is
+//! its exact announced length when there is one (`Content-Length`, a full buffer),
+//! and otherwise the data bytes counted as it streams; both are observed once, when
+//! the response ends. With `body_sizes = false` (the default) nothing is counted. The palisade counters are read from
 //! the records ([`outcome`](crate::outcome), [`Rejection`]) the inner layers attach
 //! to the response, so those layers need no metrics code.
 //!
@@ -63,13 +78,17 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderValue, Method, header};
+use http_body::Frame;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -78,7 +97,7 @@ use tower::{Layer, Service};
 
 use crate::client_ip::{Scheme, client_info};
 use crate::config::MetricsConfig;
-use crate::config::metrics::DEFAULT_DURATION_BUCKETS;
+use crate::config::metrics::{BODY_SIZE_BUCKETS, DEFAULT_DURATION_BUCKETS};
 use crate::error::ConfigError;
 use crate::outcome::{AuthOutcome, CacheOutcome, CacheStatus, RateLimitOutcome};
 use crate::problem::Rejection;
@@ -89,6 +108,28 @@ use crate::stack::BuildContext;
 pub const REQUEST_DURATION: &str = "http_server_request_duration_seconds";
 /// Name of the in-flight requests gauge.
 pub const ACTIVE_REQUESTS: &str = "http_server_active_requests";
+/// Name of the request body size histogram (`[metrics] body_sizes`).
+pub const REQUEST_BODY_SIZE: &str = "http_server_request_body_size_bytes";
+/// Name of the response body size histogram (`[metrics] body_sizes`).
+pub const RESPONSE_BODY_SIZE: &str = "http_server_response_body_size_bytes";
+
+/// The histograms sharing the request labels.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Duration = 0,
+    RequestSize = 1,
+    ResponseSize = 2,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Duration => REQUEST_DURATION,
+            Kind::RequestSize => REQUEST_BODY_SIZE,
+            Kind::ResponseSize => RESPONSE_BODY_SIZE,
+        }
+    }
+}
 /// `http_route` of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "<unmatched>";
 /// `http_route` once more than [`MAX_ROUTES`] distinct templates were seen.
@@ -234,8 +275,13 @@ impl Registry {
     /// The process-wide registry, installed on first use with `buckets`.
     fn install(buckets: &[f64]) -> &'static Registry {
         let reg = REGISTRY.get_or_init(|| {
+            let sizes = |b: PrometheusBuilder, name: &str| {
+                b.set_buckets_for_metric(Matcher::Full(name.to_owned()), BODY_SIZE_BUCKETS)
+            };
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_owned()), buckets)
+                .and_then(|b| sizes(b, REQUEST_BODY_SIZE))
+                .and_then(|b| sizes(b, RESPONSE_BODY_SIZE))
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -291,7 +337,17 @@ impl Registry {
         r.describe_gauge(
             d(ACTIVE_REQUESTS),
             None,
-            "Number of HTTP server requests in flight.".into(),
+            "Number of HTTP server requests in flight, to the end of the response body.".into(),
+        );
+        r.describe_histogram(
+            d(REQUEST_BODY_SIZE),
+            Some(Unit::Bytes),
+            "Size of HTTP server request bodies.".into(),
+        );
+        r.describe_histogram(
+            d(RESPONSE_BODY_SIZE),
+            Some(Unit::Bytes),
+            "Size of HTTP server response bodies.".into(),
         );
         r.describe_counter(
             d("palisade_rate_limit_decisions_total"),
@@ -344,10 +400,18 @@ impl Registry {
     }
 
     #[inline]
-    fn histogram(&self, route: u32, method: usize, scheme: usize, status: u16) -> Histogram {
+    fn histogram(
+        &self,
+        kind: Kind,
+        route: u32,
+        method: usize,
+        scheme: usize,
+        status: u16,
+    ) -> Histogram {
         let k = (u64::from(route) << 32)
             | (u64::from(status) << 16)
             | ((method as u64) << 8)
+            | ((kind as u64) << 1)
             | scheme as u64;
         if let Some(h) = read(&self.series).get(&k) {
             return h.clone();
@@ -355,7 +419,7 @@ impl Registry {
         let name = read(&self.routes).names[route as usize].clone();
         let h = self.recorder.register_histogram(
             &key(
-                REQUEST_DURATION,
+                kind.name(),
                 vec![
                     Label::from_static_parts("http_request_method", METHODS[method]),
                     Label::new("http_route", name.to_string()),
@@ -520,6 +584,7 @@ pub struct MetricsLayer {
     registry: &'static Registry,
     exclude: Arc<RouteMatcher>,
     path: Arc<str>,
+    body_sizes: bool,
 }
 
 impl Default for MetricsLayer {
@@ -543,7 +608,15 @@ impl MetricsLayer {
                 Vec::new(),
             )),
             path: config.path.into(),
+            body_sizes: config.body_sizes,
         }
+    }
+
+    /// Whether to record the body-size histograms (`[metrics] body_sizes`).
+    #[must_use]
+    pub fn body_sizes(mut self, on: bool) -> Self {
+        self.body_sizes = on;
+        self
     }
 
     /// Builds the layer from `[metrics]`; `None` when `enabled = false`.
@@ -597,6 +670,7 @@ impl MetricsLayer {
             registry: Registry::install(&config.buckets),
             exclude: Arc::new(exclude.unwrap_or_default()),
             path: config.path.as_str().into(),
+            body_sizes: config.body_sizes,
         }))
     }
 
@@ -640,6 +714,7 @@ impl<S> Layer<S> for MetricsLayer {
             inner,
             registry: self.registry,
             exclude: self.exclude.clone(),
+            body_sizes: self.body_sizes,
         }
     }
 }
@@ -650,6 +725,7 @@ pub struct Metrics<S> {
     inner: S,
     registry: &'static Registry,
     exclude: Arc<RouteMatcher>,
+    body_sizes: bool,
 }
 
 impl<S> Service<Request> for Metrics<S>
@@ -665,7 +741,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         if self.exclude.matches_path(req.uri().path()) {
             return MetricsFuture {
                 inner: self.inner.call(req),
@@ -679,6 +755,19 @@ where
             Some(m) => reg.route_id(m.as_str()),
             None => ROUTE_UNMATCHED,
         };
+        let request_size = if self.body_sizes {
+            match http_body::Body::size_hint(req.body()).exact() {
+                Some(n) => RequestSize::Known(n),
+                None => {
+                    let counted = Arc::new(AtomicU64::new(0));
+                    let count = counted.clone();
+                    req = req.map(|inner| Body::new(CountedRequestBody { inner, count }));
+                    RequestSize::Counted(counted)
+                }
+            }
+        } else {
+            RequestSize::Off
+        };
         let active = reg.active(method, scheme);
         active.increment(1.0);
         MetricsFuture {
@@ -690,6 +779,7 @@ where
                 route,
                 method: method as u8,
                 scheme: scheme as u8,
+                request_size,
             }),
         }
     }
@@ -702,11 +792,144 @@ struct InFlight {
     route: u32,
     method: u8,
     scheme: u8,
+    request_size: RequestSize,
+}
+
+/// How the request body's size is known (`Off` when `body_sizes` is off).
+enum RequestSize {
+    Off,
+    Known(u64),
+    Counted(Arc<AtomicU64>),
+}
+
+impl RequestSize {
+    fn bytes(&self) -> u64 {
+        match self {
+            RequestSize::Off => 0,
+            RequestSize::Known(n) => *n,
+            RequestSize::Counted(c) => c.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A request body of unannounced length, counting the data bytes the handler reads.
+struct CountedRequestBody {
+    inner: Body,
+    count: Arc<AtomicU64>,
+}
+
+impl http_body::Body for CountedRequestBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body-size histograms of one response and what they observe.
+struct Sizes {
+    request: Histogram,
+    response: Histogram,
+    request_size: RequestSize,
+    /// The response's exact announced length, if any.
+    response_size: Option<u64>,
+}
+
+/// What is still owed when the response body ends: the in-flight count and, with
+/// `body_sizes`, the size observations. Consumed exactly once.
+struct Completion {
+    active: &'static Gauge,
+    sizes: Option<Box<Sizes>>,
+}
+
+impl Completion {
+    fn finish(self, sent: u64) {
+        self.active.decrement(1.0);
+        if let Some(s) = self.sizes {
+            s.request.record(s.request_size.bytes() as f64);
+            s.response.record(s.response_size.unwrap_or(sent) as f64);
+        }
+    }
+}
+
+/// The response body: releases the [`Completion`] at its end, or when dropped
+/// before it (the client went away).
+struct MetricsBody {
+    inner: Body,
+    completion: Option<Completion>,
+    sent: u64,
+}
+
+impl MetricsBody {
+    fn finish(&mut self) {
+        if let Some(c) = self.completion.take() {
+            c.finish(self.sent);
+        }
+    }
+}
+
+impl http_body::Body for MetricsBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                // hyper stops polling after the last frame of a body that says so.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(_) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MetricsBody {
+    fn drop(&mut self) {
+        self.finish();
+    }
 }
 
 pin_project_lite::pin_project! {
-    /// Response future of [`Metrics`]; decrements the in-flight gauge even when
-    /// dropped (a cancelled request).
+    /// Response future of [`Metrics`]; decrements the in-flight gauge when dropped
+    /// before the response head (a cancelled request), else hands that to the body.
     pub struct MetricsFuture<F> {
         #[pin]
         inner: F,
@@ -737,19 +960,39 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(res) = std::task::ready!(this.inner.poll(cx));
-        if let Some(s) = this.state.take() {
-            s.active.decrement(1.0);
-            let reg = s.registry;
-            reg.histogram(
-                s.route,
-                s.method.into(),
-                s.scheme.into(),
-                res.status().as_u16(),
-            )
+        let Some(s) = this.state.take() else {
+            return Poll::Ready(Ok(res));
+        };
+        let reg = s.registry;
+        let (method, scheme, status) = (s.method.into(), s.scheme.into(), res.status().as_u16());
+        reg.histogram(Kind::Duration, s.route, method, scheme, status)
             .record(s.start.elapsed().as_secs_f64());
-            reg.record_outcomes(&res);
+        reg.record_outcomes(&res);
+        let sizes = match s.request_size {
+            RequestSize::Off => None,
+            request_size => Some(Box::new(Sizes {
+                request: reg.histogram(Kind::RequestSize, s.route, method, scheme, status),
+                response: reg.histogram(Kind::ResponseSize, s.route, method, scheme, status),
+                request_size,
+                response_size: http_body::Body::size_hint(res.body()).exact(),
+            })),
+        };
+        let completion = Completion {
+            active: s.active,
+            sizes,
+        };
+        if http_body::Body::is_end_stream(res.body()) {
+            // Nothing left to send: the request ends with its head.
+            completion.finish(0);
+            return Poll::Ready(Ok(res));
         }
-        Poll::Ready(Ok(res))
+        let (parts, inner) = res.into_parts();
+        let body = Body::new(MetricsBody {
+            inner,
+            completion: Some(completion),
+            sent: 0,
+        });
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
     }
 }
 

@@ -133,17 +133,36 @@ impl Palisade {
                 &ctx,
             ))
             .flatten();
+        errors.collect(config.logging.otel.validate());
+        // Default exclusions follow the operational routes when their paths move.
+        let follow = |exclude: &[String]| {
+            crate::config::health::follow_ops_paths(exclude, &config.metrics.path, &config.health)
+        };
         #[cfg(feature = "trace")]
-        let trace = errors
-            .collect(crate::trace::TraceLayer::from_config(&config.logging, &ctx))
-            .flatten();
+        let trace = {
+            let moved = follow(&config.logging.exclude_paths).map(|exclude_paths| {
+                let mut logging = config.logging.clone();
+                logging.exclude_paths = exclude_paths;
+                logging
+            });
+            let logging = moved.as_ref().unwrap_or(&config.logging);
+            errors
+                .collect(crate::trace::TraceLayer::from_config(logging, &ctx))
+                .flatten()
+        };
         #[cfg(feature = "metrics")]
-        let metrics = errors
-            .collect(crate::metrics::MetricsLayer::from_config(
-                &config.metrics,
-                &ctx,
-            ))
-            .flatten();
+        let metrics = {
+            let moved = follow(&config.metrics.exclude_paths).map(|exclude_paths| {
+                let mut metrics = config.metrics.clone();
+                metrics.exclude_paths = exclude_paths;
+                metrics
+            });
+            let metrics = moved.as_ref().unwrap_or(&config.metrics);
+            errors
+                .collect(crate::metrics::MetricsLayer::from_config(metrics, &ctx))
+                .flatten()
+        };
+        let _ = follow;
         #[cfg(feature = "security-headers")]
         let security_headers = errors
             .collect(crate::security_headers::SecurityHeadersLayer::from_config(

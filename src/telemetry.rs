@@ -10,6 +10,9 @@
 //!   building a JSON tree per event.
 //! - `format = "pretty"`: `tracing-subscriber`'s human-readable output.
 //! - `level`: an `EnvFilter` directive (`info`, `warn,palisade=debug`, ...).
+//! - `[logging.otel]` (feature `otel`): also exports spans over OTLP/HTTP; see
+//!   the `otel` module. The level filters exported spans too: the request span is
+//!   `INFO`, so `level = "warn"` exports none.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -81,13 +84,26 @@ pub fn env_filter(config: &LoggingConfig) -> Result<EnvFilter, ConfigError> {
 /// Installs the global subscriber described by `[logging]`, writing to stdout.
 pub fn init(config: &LoggingConfig) -> Result<(), InitError> {
     let filter = env_filter(config)?;
+    // `[logging.otel]`: span export (feature `otel`); validated even when off.
+    config.otel.validate()?;
+    #[cfg(feature = "otel")]
+    let otel = crate::otel::tracer(&config.otel)?;
+    #[cfg(feature = "otel")]
+    let otel_layer = || {
+        otel.clone()
+            .map(|t| tracing_opentelemetry::layer().with_tracer(t))
+    };
+    #[cfg(not(feature = "otel"))]
+    let otel_layer = || None::<tracing_subscriber::layer::Identity>;
     let result = match config.format {
         LogFormat::Pretty => tracing_subscriber::registry()
             .with(filter)
+            .with(otel_layer())
             .with(tracing_subscriber::fmt::layer().pretty())
             .try_init(),
         _ => tracing_subscriber::registry()
             .with(filter)
+            .with(otel_layer())
             .with(json_layer(std::io::stdout))
             .try_init(),
     };

@@ -232,6 +232,8 @@ where
         }
         let start = Instant::now();
         let span = request_span(&req);
+        #[cfg(feature = "otel")]
+        crate::otel::on_request(&span, &req);
         let request = RequestFields::of(&req, &self.settings, span.is_disabled());
         let inner = {
             let _entered = span.enter();
@@ -514,6 +516,8 @@ where
         };
         let outcomes = Outcomes::of(&res);
         let status = res.status().as_u16();
+        #[cfg(feature = "otel")]
+        crate::otel::on_response(&finish.span, status);
         let (parts, body) = res.into_parts();
         let expected = http_body::Body::size_hint(&body).exact();
         let body = Body::new(LogBody {
@@ -653,7 +657,7 @@ impl fmt::Write for IpText {
 }
 
 /// Parses a W3C `traceparent` header into `(trace_id, parent span_id)`.
-fn parse_traceparent(value: &HeaderValue) -> Option<(&str, &str)> {
+pub(crate) fn parse_traceparent(value: &HeaderValue) -> Option<(&str, &str)> {
     let s = value.to_str().ok()?;
     let b = s.as_bytes();
     let lower_hex = |r: &[u8]| r.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -702,4 +703,415 @@ async fn readiness_follows_a_real_redis() {
         ready_becomes(&app, 200, Duration::from_secs(10)).await,
         "did not recover after restart"
     );
+}
+
+// ---- over a real TCP socket: the in-flight gauge, body sizes ----
+
+/// Serves `app` on 127.0.0.1; the server task ends with the test's runtime.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    addr
+}
+
+/// Sends a raw HTTP/1.1 request on a fresh connection and reads it to the end.
+async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("response within 10 s")
+        .unwrap();
+    out
+}
+
+async fn scrape_tcp(addr: SocketAddr, path: &str) -> String {
+    raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// `http_server_active_requests` of plain-HTTP requests of `method`.
+fn active_http(text: &str, method: &str) -> f64 {
+    text.lines()
+        .find(|l| {
+            l.starts_with("http_server_active_requests{")
+                && l.contains(&format!(r#"http_request_method="{method}""#))
+                && l.contains(r#"url_scheme="http""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Polls the scrape until the gauge reads `want` (a disconnect is noticed by the
+/// server asynchronously).
+async fn active_becomes(addr: SocketAddr, method: &str, want: f64) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if active_http(&scrape_tcp(addr, "/metrics").await, method) == want {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A response body fed chunk by chunk through a channel; it ends when the sender
+/// is dropped.
+struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for Channel {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+type Feed = Arc<Mutex<Option<tokio::sync::mpsc::Sender<Bytes>>>>;
+
+/// A handler streaming whatever the test sends into `feed`.
+fn streamed(feed: Feed) -> impl Fn() -> std::future::Ready<Body> + Clone {
+    move || {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        *feed.lock().unwrap() = Some(tx);
+        std::future::ready(Body::new(Channel(rx)))
+    }
+}
+
+/// Reads from `s` until the server closes the connection.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .expect("closed within 10 s")
+        .unwrap();
+    out
+}
+
+/// Reads from `s` until `needle` has been seen.
+async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("data within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before {needle:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn active_requests_span_the_streamed_body_and_drop_once_on_disconnect() {
+    // A subscriber on this thread too: a callsite first registered where none is
+    // interested would be disabled for the tests that capture logs.
+    let (_logs, _guard) = capture();
+    use tokio::io::AsyncWriteExt;
+    // PUT, DELETE and PATCH over plain HTTP are used by this test only.
+    let feed: Feed = Arc::default();
+    let cancel_feed: Feed = Arc::default();
+    let routes = Router::new()
+        .route("/act-stream", on(MethodFilter::PUT, streamed(feed.clone())))
+        .route(
+            "/act-hang",
+            on(MethodFilter::DELETE, || {
+                std::future::pending::<&'static str>()
+            }),
+        )
+        .route(
+            "/act-stream-cut",
+            on(MethodFilter::PATCH, streamed(cancel_feed.clone())),
+        );
+    let (_p, app) = stack(Config::default(), routes).await;
+    let addr = serve(app).await;
+
+    // 1. A streamed body: in flight after the head, until the last byte.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT /act-stream HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    while feed.lock().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let tx = feed.lock().unwrap().take().unwrap();
+    tx.send(Bytes::from_static(b"first-chunk")).await.unwrap();
+    let head = read_until(&mut s, "first-chunk").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        active_http(&scrape_tcp(addr, "/metrics").await, "PUT"),
+        1.0,
+        "the response head is out but the body is not"
+    );
+    tx.send(Bytes::from_static(b"last-chunk")).await.unwrap();
+    drop(tx);
+    let rest = read_to_close(&mut s).await;
+    assert!(rest.contains("last-chunk"), "{rest}");
+    assert!(
+        active_becomes(addr, "PUT", 0.0).await,
+        "still counted after the body"
+    );
+    drop(s);
+
+    // 2. Cancelled before the head: the client closes the connection.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"DELETE /act-hang HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(active_becomes(addr, "DELETE", 1.0).await);
+    drop(s);
+    assert!(
+        active_becomes(addr, "DELETE", 0.0).await,
+        "a cancelled request stayed in flight"
+    );
+
+    // 3. Cancelled in the middle of a streamed body.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PATCH /act-stream-cut HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    while cancel_feed.lock().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let tx = cancel_feed.lock().unwrap().take().unwrap();
+    tx.send(Bytes::from_static(b"partial")).await.unwrap();
+    read_until(&mut s, "partial").await;
+    assert_eq!(
+        active_http(&scrape_tcp(addr, "/metrics").await, "PATCH"),
+        1.0
+    );
+    drop(s);
+    // The server finds out when it next writes.
+    for _ in 0..50 {
+        if tx.send(Bytes::from_static(b"more")).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(active_becomes(addr, "PATCH", 0.0).await);
+    // Exactly once: nothing went below zero for any of the three.
+    let text = scrape_tcp(addr, "/metrics").await;
+    for m in ["PUT", "DELETE", "PATCH"] {
+        assert_eq!(active_http(&text, m), 0.0, "{m}: {text}");
+    }
+}
+
+/// `_sum` and `_count` of a body-size histogram series of plain-HTTP requests.
+fn size_series(text: &str, metric: &str, route: &str) -> Option<(f64, f64)> {
+    let find = |suffix: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{metric}_{suffix}{{"))
+                    && l.contains(&format!(r#"http_route="{route}""#))
+                    && l.contains(r#"url_scheme="http""#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    Some((find("sum")?, find("count")?))
+}
+
+#[tokio::test]
+async fn body_size_histograms_count_known_and_streamed_bodies_when_enabled() {
+    // A subscriber on this thread too: a callsite first registered where none is
+    // interested would be disabled for the tests that capture logs.
+    let (_logs, _guard) = capture();
+    use tokio::io::AsyncWriteExt;
+    let feed: Feed = Arc::default();
+    let routes = Router::new()
+        .route(
+            "/size-echo",
+            axum::routing::post(|body: Bytes| async move { body }),
+        )
+        .route("/size-stream", axum::routing::post(streamed(feed.clone())));
+    let config = Config::from_toml_str("[metrics]\nbody_sizes = true\n").unwrap();
+    let (_p, app) = stack(config, routes).await;
+    let addr = serve(app).await;
+
+    // Known lengths both ways: 11 bytes in, 11 bytes out.
+    let res = raw(addr, "POST /size-echo HTTP/1.1\r\nhost: localhost\r\ncontent-length: 11\r\nconnection: close\r\n\r\nhello world").await;
+    assert!(res.ends_with("hello world"), "{res}");
+    // A chunked request body (no announced length): counted as read, 8 bytes.
+    let res = raw(addr, "POST /size-echo HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n").await;
+    assert!(res.ends_with("helloabc"), "{res}");
+
+    // A streamed response: 3 + 4 bytes counted as sent.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /size-stream HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    while feed.lock().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let tx = feed.lock().unwrap().take().unwrap();
+    tx.send(Bytes::from_static(b"abc")).await.unwrap();
+    tx.send(Bytes::from_static(b"defg")).await.unwrap();
+    drop(tx);
+    read_to_close(&mut s).await;
+    drop(s);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = scrape_tcp(addr, "/metrics").await;
+        if size_series(
+            &text,
+            "http_server_response_body_size_bytes",
+            "/size-stream",
+        )
+        .is_some()
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        text.contains("# TYPE http_server_request_body_size_bytes histogram"),
+        "{text}"
+    );
+    assert_eq!(
+        size_series(&text, "http_server_request_body_size_bytes", "/size-echo"),
+        Some((19.0, 2.0)),
+        "{text}"
+    );
+    assert_eq!(
+        size_series(&text, "http_server_response_body_size_bytes", "/size-echo"),
+        Some((19.0, 2.0)),
+        "{text}"
+    );
+    assert_eq!(
+        size_series(&text, "http_server_request_body_size_bytes", "/size-stream"),
+        Some((0.0, 1.0)),
+        "{text}"
+    );
+    assert_eq!(
+        size_series(
+            &text,
+            "http_server_response_body_size_bytes",
+            "/size-stream"
+        ),
+        Some((7.0, 1.0)),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("http_server_response_body_size_bytes_bucket{")
+                && l.contains(r#"le="1024""#)
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn body_sizes_are_off_by_default() {
+    // A subscriber on this thread too: a callsite first registered where none is
+    // interested would be disabled for the tests that capture logs.
+    let (_logs, _guard) = capture();
+    let routes = Router::new().route(
+        "/size-off",
+        axum::routing::post(|body: Bytes| async move { body }),
+    );
+    let (_p, app) = stack(Config::default(), routes).await;
+    let (res, _) = send(
+        &app,
+        request("POST", "/size-off")
+            .body(Body::from("abc"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let (_, m) = send(
+        &app,
+        request("GET", "/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let text = String::from_utf8(m.to_vec()).unwrap();
+    assert!(text.contains(r#"http_route="/size-off""#), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("body_size_bytes") && l.contains("/size-off")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn moved_ops_routes_take_their_default_exclusions_along() {
+    let (buf, _guard) = capture();
+    let config = Config::from_toml_str(
+        "[metrics]\npath = \"/internal/metrics\"\n[health]\npath = \"/livez\"\nready_path = \"/readyz\"\n",
+    )
+    .unwrap();
+    let (_p, app) = stack(config, Router::new()).await;
+    for path in ["/livez", "/readyz", "/internal/metrics"] {
+        let (res, _) = send(&app, request("GET", path).body(Body::empty()).unwrap()).await;
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let (_, m) = send(
+        &app,
+        request("GET", "/internal/metrics")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let text = String::from_utf8(m.to_vec()).unwrap();
+    for route in ["/livez", "/readyz", "/internal/metrics"] {
+        assert!(
+            !text.contains(&format!(r#"http_route="{route}""#)),
+            "{route}: {text}"
+        );
+    }
+    assert!(
+        buf.access().is_empty(),
+        "ops routes were logged: {}",
+        buf.text()
+    );
+
+    // An explicit list is kept as written: here the moved probes are recorded.
+    let config = Config::from_toml_str(
+        "[logging]\nexclude_paths = [\"/internal/metrics\"]\n[metrics]\npath = \"/internal/metrics\"\nexclude_paths = []\n[health]\npath = \"/livez2\"\nready_path = \"/readyz2\"\n",
+    )
+    .unwrap();
+    let (_p, app) = stack(config, Router::new()).await;
+    let (res, _) = send(&app, request("GET", "/livez2").body(Body::empty()).unwrap()).await;
+    assert_eq!(res.status(), 200);
+    let (_, m) = send(
+        &app,
+        request("GET", "/internal/metrics")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let text = String::from_utf8(m.to_vec()).unwrap();
+    assert!(text.contains(r#"http_route="/livez2""#), "{text}");
+    assert!(
+        !text.contains(r#"http_route="/internal/metrics""#),
+        "{text}"
+    );
+    let access = buf.access();
+    assert_eq!(access.len(), 1, "{}", buf.text());
+    assert_eq!(access[0]["url.path"], "/livez2");
 }

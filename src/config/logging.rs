@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::ConfigError;
+
 /// Output format of [`telemetry::init`](crate::telemetry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,8 +53,80 @@ pub struct LoggingConfig {
     /// (case-insensitive). Replaces the default list.
     pub redact_query_params: Vec<String>,
     /// Paths without an access-log event (patterns as in `rate_limit` rules). Default:
-    /// the operational endpoints `/metrics`, `/health`, `/ready`.
+    /// the operational endpoints `/metrics`, `/health`, `/ready`, following
+    /// `metrics.path`, `health.path` and `health.ready_path` when those move (a list
+    /// you set is kept as written).
     pub exclude_paths: Vec<String>,
+    /// `[logging.otel]`: OpenTelemetry span export (feature `otel`).
+    pub otel: OtelConfig,
+}
+
+/// `[logging.otel]`: export each request's `http.server` span over OTLP/HTTP
+/// (protobuf) to a collector; needs the `otel` feature and
+/// [`telemetry::init`](crate::telemetry) (or `palisade::otel::layer`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct OtelConfig {
+    /// Whether to export spans (default `false`).
+    pub enabled: bool,
+    /// The collector's OTLP/HTTP traces URL (default
+    /// `http://127.0.0.1:4318/v1/traces`); `http` or `https`, used as written.
+    pub endpoint: String,
+    /// `service.name` of the exported spans (default `unknown_service`, as the
+    /// OpenTelemetry specification says when none is set).
+    pub service_name: String,
+    /// Share of new traces recorded, `0.0` to `1.0` (default `1.0`). A request with a
+    /// `traceparent` follows its caller's sampling decision instead.
+    pub sample_ratio: f64,
+    /// Timeout of one export request, in milliseconds (default 10 000).
+    pub timeout_ms: u64,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4318/v1/traces".to_owned(),
+            service_name: "unknown_service".to_owned(),
+            sample_ratio: 1.0,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+impl OtelConfig {
+    /// Checks every value, whether or not export is enabled; reports every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = ConfigError::default();
+        let scheme_ok = match self.endpoint.parse::<http::Uri>() {
+            Ok(uri) => matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some(),
+            Err(_) => false,
+        };
+        if !scheme_ok {
+            errors.push(
+                "logging.otel.endpoint",
+                "must be an http:// or https:// URL with a host",
+            );
+        }
+        if self.service_name.trim().is_empty() {
+            errors.push("logging.otel.service_name", "must not be empty");
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            errors.push("logging.otel.sample_ratio", "must be between 0.0 and 1.0");
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
+            errors.push("logging.otel.timeout_ms", "must be 1 to 60000");
+        }
+        #[cfg(not(feature = "otel"))]
+        if self.enabled {
+            errors.push(
+                "logging.otel.enabled",
+                "span export is configured but palisade was built without the `otel` feature",
+            );
+        }
+        errors.into_result()
+    }
 }
 
 /// The query parameters redacted by default: names commonly carrying credentials.
@@ -92,6 +166,39 @@ impl Default for LoggingConfig {
                 .map(|s| (*s).to_owned())
                 .collect(),
             exclude_paths: vec!["/metrics".into(), "/health".into(), "/ready".into()],
+            otel: OtelConfig::default(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otel_config_errors_name_every_key() {
+        assert!(OtelConfig::default().validate().is_ok());
+        let bad = OtelConfig {
+            endpoint: "collector:4318".into(),
+            service_name: " ".into(),
+            sample_ratio: 1.5,
+            timeout_ms: 0,
+            ..OtelConfig::default()
+        };
+        let err = bad.validate().unwrap_err();
+        for key in [
+            "logging.otel.endpoint",
+            "logging.otel.service_name",
+            "logging.otel.sample_ratio",
+            "logging.otel.timeout_ms",
+        ] {
+            assert!(err.has_key(key), "{key}: {err}");
+        }
+        let nan = OtelConfig {
+            sample_ratio: f64::NAN,
+            ..OtelConfig::default()
+        };
+        assert!(nan.validate().is_err());
     }
 }
