@@ -144,6 +144,7 @@ async fn bad_config_lists_every_problem() {
     r.vary = vec!["Authorization".into(), "bad header".into()];
     r.ttl_s = Some(0);
     cfg.rules = vec![r, rule(&[])];
+    // Compression applies to the Redis backend only.
     cfg.compress_min_bytes = 10;
     cfg.key_prefix = "a{b}".into();
     cfg.lock = true;

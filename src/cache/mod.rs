@@ -205,12 +205,6 @@ impl CacheLayer {
                 "must be between 1 byte and 512 MiB (Redis' value limit)",
             );
         }
-        if config.compress_min_bytes != 0 {
-            errors.push(
-                "cache.compress_min_bytes",
-                "compression of stored entries is not supported yet; leave it at 0",
-            );
-        }
         if config.key_prefix.contains(['{', '}']) {
             errors.push(
                 "cache.key_prefix",
@@ -284,6 +278,14 @@ impl CacheLayer {
                 if config.memory_tier {
                     errors.push("cache.memory_tier", "only applies to `backend = \"redis\"`");
                 }
+                if config.compress_min_bytes != 0 {
+                    // In process, entries are kept decoded: compressing them would
+                    // cost a decompression on every hit.
+                    errors.push(
+                        "cache.compress_min_bytes",
+                        "only applies to `backend = \"redis\"`; leave it at 0",
+                    );
+                }
                 Some(Store::Memory(memory()))
             }
             #[cfg(feature = "redis")]
@@ -293,6 +295,7 @@ impl CacheLayer {
                     &config.key_prefix,
                     config.memory_tier.then(memory),
                     max_lifetime_ms,
+                    config.compress_min_bytes,
                 ))),
                 None => {
                     errors.push(

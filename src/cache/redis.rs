@@ -35,6 +35,8 @@ pub(crate) struct RedisStore {
     tier: Option<MemoryStore>,
     /// How long generation keys live: longer than any entry.
     gen_ttl_ms: u64,
+    /// `compress_min_bytes` (0 = off).
+    compress_min: usize,
 }
 
 fn err(e: crate::redis::StoreError) -> CacheStoreError {
@@ -69,12 +71,14 @@ impl RedisStore {
         key_prefix: &str,
         tier: Option<MemoryStore>,
         max_lifetime_ms: u64,
+        compress_min: usize,
     ) -> Self {
         Self {
             pool,
             prefix: format!("{key_prefix}{FORMAT_VERSION}:"),
             tier,
             gen_ttl_ms: max_lifetime_ms + 3_600_000,
+            compress_min,
         }
     }
 
@@ -157,7 +161,7 @@ impl RedisStore {
         }
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.entry_key(key))
-            .arg(rec.encode())
+            .arg(rec.encode(self.compress_min))
             .arg("PX")
             .arg(ttl);
         if let Err(e) = self.pool.query::<()>("cache_put", &cmd).await {

@@ -281,6 +281,21 @@ pub fn app_with(layer: CacheLayer) -> App {
             }),
         )
         .route(
+            "/doc/{kind}",
+            route_get({
+                let c = c.clone();
+                move |Path(kind): Path<String>| async move {
+                    let n = c.hit("doc");
+                    let (name, value) = match kind.as_str() {
+                        "png" => (header::CONTENT_TYPE, "image/png"),
+                        "gzip" => (header::CONTENT_ENCODING, "gzip"),
+                        _ => (header::CONTENT_TYPE, "application/json"),
+                    };
+                    ([(name, value)], doc_body(n))
+                }
+            }),
+        )
+        .route(
             "/sse",
             route_get({
                 let c = c.clone();
@@ -310,6 +325,19 @@ pub fn app_with(layer: CacheLayer) -> App {
         layer,
         fail,
     }
+}
+
+pub const DOC_LEN: usize = 16 * 1024;
+
+/// `DOC_LEN` bytes of repetitive JSON-like text (compresses well); the call number
+/// leads, so a refill is told apart from a hit.
+pub fn doc_body(call: usize) -> String {
+    let mut s = format!("[{call:06}");
+    while s.len() < DOC_LEN {
+        s.push_str(",{\"id\":12345,\"name\":\"item\",\"tags\":[\"a\",\"b\"]}");
+    }
+    s.truncate(DOC_LEN);
+    s
 }
 
 pub const BIG_LEN: usize = 10 * 1024 * 1024;
