@@ -46,6 +46,7 @@ suite!(
     statuses_and_directives,
     unsafe_methods_invalidate,
     tag_purge,
+    tag_purge_during_a_fill_wins,
     query_is_normalised,
     etag_and_304,
     big_stream_passes_and_is_not_stored,

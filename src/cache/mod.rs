@@ -408,6 +408,34 @@ impl Store {
         }
     }
 
+    /// Read before a fill calls the handler; see [`Self::tag_gens_if_unpurged`].
+    pub(crate) async fn purge_epoch(&self) -> Result<u64, CacheStoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.gens.purge_epoch()),
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.purge_epoch().await,
+        }
+    }
+
+    /// The tags' generations for a record about to be stored, read atomically with
+    /// the purge epoch: `None` when a tag purge happened since the fill began (at
+    /// `epoch`), so the response may be older than the purge and is not stored.
+    pub(crate) async fn tag_gens_if_unpurged(
+        &self,
+        tags: &[String],
+        epoch: u64,
+    ) -> Result<Option<Vec<u64>>, CacheStoreError> {
+        if tags.is_empty() {
+            // Purges cannot reach an untagged entry.
+            return Ok(Some(Vec::new()));
+        }
+        match self {
+            Store::Memory(m) => Ok(m.gens.tags_if_unpurged(tags, epoch)),
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.tag_gens_if_unpurged(tags, epoch).await,
+        }
+    }
+
     pub(crate) async fn put(&self, key: &key::Key, e: Arc<entry::Stored>, now_ms: u64) {
         match self {
             Store::Memory(m) => m.put(key.full, e),

@@ -601,6 +601,18 @@ where
 {
     let req_headers = req.headers().clone();
     let head = req.method() == Method::HEAD;
+    // Before the handler runs: a tag purge from now on keeps its response out.
+    let epoch = if head || ctx.fill_block.is_some() {
+        0
+    } else {
+        match shared.store.purge_epoch().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "cache store failed; passing through");
+                return bypass(call(inner, req).await, "store-error");
+            }
+        }
+    };
     let res = call(inner, req).await;
     let now = shared.clock.now_ms();
     if res.status().is_server_error()
@@ -618,19 +630,31 @@ where
             Served::StaleIfError(status),
         );
     }
-    let (mut res, stored) = fill(shared, res, rule, ctx, gen_, &req_headers, now, guard);
+    let (mut res, stored) = fill(
+        shared,
+        res,
+        rule,
+        ctx,
+        (gen_, epoch),
+        &req_headers,
+        now,
+        guard,
+    );
     mark_miss(&mut res, stored.err().unwrap_or("miss"));
     res
 }
 
 /// Decides whether `res` is stored and, if so, wraps its body. Strips the tag header.
+///
+/// `gen_` is the resource group's generation and `epoch` the purge epoch, both read
+/// before the handler was called.
 #[allow(clippy::too_many_arguments)]
 fn fill(
     shared: &Arc<Shared>,
     res: Response,
     rule: &Rule,
     ctx: &Ctx,
-    gen_: u64,
+    (gen_, epoch): (u64, u64),
     req_headers: &HeaderMap,
     now: u64,
     guard: Option<FlightGuard>,
@@ -702,7 +726,9 @@ fn fill(
         if let super::Store::Memory(m) = &shared2.store {
             // In process: store before the body's end reaches the client, so the
             // next request is a hit.
-            let tag_gens = m.gens.tags(&tags);
+            let Some(tag_gens) = m.gens.tags_if_unpurged(&tags, epoch) else {
+                return;
+            };
             let rec = base.with_response(tags, tag_gens, data);
             if !vary.is_empty() {
                 m.put(primary.full, Arc::new(base));
@@ -716,9 +742,10 @@ fn fill(
         };
         rt.spawn(async move {
             let _guard = guard;
-            let tag_gens = match shared2.store.tag_gens(&tags).await {
-                Ok(g) => g,
-                Err(_) => return,
+            let tag_gens = match shared2.store.tag_gens_if_unpurged(&tags, epoch).await {
+                Ok(Some(g)) => g,
+                // Purged meanwhile, or unknown: store nothing.
+                Ok(None) | Err(_) => return,
             };
             let rec = base.with_response(tags, tag_gens, data);
             if !vary.is_empty() {
@@ -880,6 +907,9 @@ where
         let shutdown = shared.shutdown.clone();
         let work = async {
             let headers = refresh.headers().clone();
+            let Ok(epoch) = shared.store.purge_epoch().await else {
+                return;
+            };
             let res = match inner.oneshot(refresh).await {
                 Ok(r) => r,
                 Err(never) => match never {},
@@ -890,7 +920,7 @@ where
                 res,
                 &shared.rules[ri],
                 &ctx,
-                gen_,
+                (gen_, epoch),
                 &headers,
                 now,
                 Some(guard),
