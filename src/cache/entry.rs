@@ -349,9 +349,6 @@ impl Reader {
         let b = self.take(N)?;
         b.as_ref().try_into().ok()
     }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.array::<1>()?[0])
-    }
     fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.array()?))
     }

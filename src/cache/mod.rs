@@ -90,6 +90,9 @@ use self::memory::MemoryStore;
 
 /// How long requests that missed wait for the one upstream call on their key.
 const COLLAPSE_WAIT: Duration = Duration::from_secs(5);
+/// How much longer they wait once that call's body is streaming (it may be long:
+/// they make their own call rather than wait for its end).
+const STREAM_WAIT: Duration = Duration::from_millis(250);
 
 /// Layer for `[cache]`; see the [module docs](self).
 ///

@@ -19,10 +19,10 @@ use tower::{Service, ServiceExt};
 
 use super::body::TeeBody;
 use super::entry::{Kind, ResponseData, Stored};
-use super::flight::{self, FlightGuard, Role};
+use super::flight::{self, FlightGuard, Role, Waited};
 use super::key::{self, Key, KeyBuilder};
 use super::policy;
-use super::{COLLAPSE_WAIT, Rule, Shared, outcome};
+use super::{COLLAPSE_WAIT, Rule, STREAM_WAIT, Shared, outcome};
 use crate::client_ip::client_info;
 use crate::identity::Identity;
 use crate::outcome::CacheStatus;
@@ -161,7 +161,7 @@ where
     if ctx.head || ctx.fill_block.is_some() {
         // These never fill, but an entry being filled right now serves them too.
         if let Some(rx) = shared.flights.peek(&ctx.key.full) {
-            flight::wait(rx, COLLAPSE_WAIT).await;
+            flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
         }
         if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
             return res;
@@ -209,7 +209,7 @@ where
                 .await;
             }
             Role::Follower(rx) => {
-                let done = flight::wait(rx, COLLAPSE_WAIT).await;
+                let waited = flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
                 let now = shared.clock.now_ms();
                 match lookup(&shared, &ctx.key, req.headers(), now).await {
                     Ok((Some((rec, _)), _))
@@ -229,9 +229,16 @@ where
                     Ok((_, g)) => gen_ = g,
                     Err(_) => break,
                 }
-                if !done {
-                    reason = "collapse-timeout";
-                    break;
+                match waited {
+                    Waited::Done => {}
+                    Waited::TimedOut => {
+                        reason = "collapse-timeout";
+                        break;
+                    }
+                    Waited::Streaming => {
+                        reason = "collapse-streaming";
+                        break;
+                    }
                 }
             }
         }
@@ -701,6 +708,7 @@ fn fill(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .or_else(|| http_body::Body::size_hint(&body).exact());
+    let stage = guard.as_ref().map(FlightGuard::stage);
     let swr_ms = shared.swr_ms;
     let sie_ms = shared.sie_ms;
     let shared2 = shared.clone();
@@ -754,7 +762,8 @@ fn fill(
             shared2.store.put(&key, Arc::new(rec), now).await;
         });
     });
-    let body = Body::new(TeeBody::new(body, shared.max_body, expected, on_complete));
+    let body =
+        Body::new(TeeBody::new(body, shared.max_body, expected, on_complete).with_stage(stage));
     (Response::from_parts(parts, body), Ok(()))
 }
 
