@@ -3,7 +3,7 @@
 //! One Redis value holds one entry: a magic and format version, the timestamps,
 //! the invalidation generations it was built under, then either a response (status,
 //! headers as raw bytes, ETag, body) or a variant index (the response's `Vary`
-//! names). A truncated checksum closes it: a corrupt or foreign value decodes to
+//! names). A 64-bit checksum closes it: a corrupt or foreign value decodes to
 //! `None` and is treated as a miss.
 //!
 //! With `compress_min_bytes` set, a response whose body reaches the threshold is
@@ -169,8 +169,8 @@ impl Stored {
             }
             _ => out,
         };
-        let sum = blake3::hash(&out);
-        out.put_slice(&sum.as_bytes()[..CHECKSUM_LEN]);
+        let sum = checksum(&out);
+        out.put_slice(&sum);
         out.to_vec()
     }
 
@@ -181,7 +181,7 @@ impl Stored {
             return None;
         }
         let (payload, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        if blake3::hash(payload).as_bytes()[..CHECKSUM_LEN] != *sum {
+        if checksum(payload) != *sum {
             return None;
         }
         if payload[..MAGIC.len()] != MAGIC[..] || payload[MAGIC.len()] != VERSION {
@@ -325,6 +325,37 @@ fn decompress(packed: &[u8]) -> Option<Bytes> {
     }
 }
 
+/// A 64-bit checksum of a stored value: guards against damaged, truncated or
+/// foreign values, not against forgery (whoever can write to Redis can write any
+/// entry), so a cryptographic hash would be wasted work on every hit.
+///
+/// Each 8-byte word is folded in by `h = (rotl(h) ^ word) * K` with odd `K`: for a
+/// fixed word every step is a bijection of `h`, so a value differing from the
+/// original in any single word (any one flipped bit, say) always has a different
+/// checksum; the length seeds `h` and a final avalanche (also a bijection) spreads
+/// the bits.
+fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let step = |h: u64, w: [u8; 8]| (h.rotate_left(23) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = step(h, a);
+    }
+    let rest = words.remainder();
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    h = step(h, last);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h.to_le_bytes()
+}
+
 fn put_short(out: &mut BytesMut, b: &[u8]) {
     out.put_u16(b.len() as u16);
     out.put_slice(b);
@@ -422,6 +453,12 @@ mod tests {
         }
         assert!(Stored::decode(Bytes::from(good[..good.len() - 3].to_vec())).is_none());
         assert!(Stored::decode(Bytes::from_static(b"garbage")).is_none());
+        // Every single-bit flip anywhere, checksum included.
+        for bit in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(Stored::decode(Bytes::from(bad)).is_none(), "bit {bit}");
+        }
         assert!(Stored::decode(Bytes::new()).is_none());
     }
 
@@ -502,8 +539,8 @@ mod tests {
     /// reject it.
     fn reseal(mut v: Vec<u8>) -> Bytes {
         v.truncate(v.len() - CHECKSUM_LEN);
-        let sum = blake3::hash(&v);
-        v.extend_from_slice(&sum.as_bytes()[..CHECKSUM_LEN]);
+        let sum = checksum(&v);
+        v.extend_from_slice(&sum);
         Bytes::from(v)
     }
 

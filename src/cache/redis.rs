@@ -31,7 +31,7 @@ use redis::Cmd;
 
 use super::CacheStoreError;
 use super::entry::Stored;
-use super::key::{FORMAT_VERSION, Key, hex};
+use super::key::{FORMAT_VERSION, Key, hex, push_hex};
 use super::memory::MemoryStore;
 use crate::redis::RedisPool;
 
@@ -89,12 +89,27 @@ impl RedisStore {
         }
     }
 
+    /// `P v1:{<group>}:` followed by `suffix` (built without `format!`: this runs
+    /// on every lookup).
+    fn group_key(&self, group: &[u8; 16], suffix: &[u8]) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + 36 + suffix.len() * 2 + 4);
+        k.push_str(&self.prefix);
+        k.push('{');
+        push_hex(&mut k, group);
+        k.push_str("}:");
+        k
+    }
+
     fn entry_key(&self, key: &Key) -> String {
-        format!("{}{{{}}}:{}", self.prefix, hex(&key.group), hex(&key.full))
+        let mut k = self.group_key(&key.group, &key.full);
+        push_hex(&mut k, &key.full);
+        k
     }
 
     fn gen_key(&self, group: &[u8; 16]) -> String {
-        format!("{}{{{}}}:gen", self.prefix, hex(group))
+        let mut k = self.group_key(group, b"");
+        k.push_str("gen");
+        k
     }
 
     fn epoch_key(&self) -> String {

@@ -11,8 +11,8 @@ use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, HOST, IF_NONE_MATCH,
-    LOCATION, TRANSFER_ENCODING, VARY,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, FORWARDED, HOST,
+    IF_NONE_MATCH, LOCATION, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tower::{Service, ServiceExt};
@@ -28,6 +28,7 @@ use crate::identity::Identity;
 use crate::outcome::CacheStatus;
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 const HIT: HeaderValue = HeaderValue::from_static("HIT");
@@ -372,16 +373,16 @@ fn prepare(req: &Request, rule: &Rule) -> Result<Ctx, &'static str> {
     let has_credentials = identity.is_some()
         || policy::CREDENTIAL_HEADERS
             .iter()
-            .any(|h| headers.contains_key(*h));
+            .any(|h| headers.contains_key(h));
     if has_credentials && rule.per_identity && identity.is_none() {
         return Err("credentials");
     }
     let info = client_info(req);
     let unkeyed = policy::UNKEYED_HEADERS
         .iter()
-        .any(|h| headers.contains_key(*h))
+        .any(|h| headers.contains_key(h))
         || (!info.forwarded
-            && (headers.contains_key("x-forwarded-proto") || headers.contains_key("forwarded")));
+            && (headers.contains_key(X_FORWARDED_PROTO) || headers.contains_key(FORWARDED)));
     let uri = req.uri();
     let mut b = KeyBuilder::new();
     b.part(b"GET")
