@@ -35,7 +35,8 @@
 //!
 //! Misses stream: the first byte reaches the client as soon as the handler sends it
 //! while a copy is kept up to `max_body_bytes`; only a complete body is stored.
-//! Concurrent misses on one key wait for a single upstream call. When the store
+//! Concurrent misses on one key wait for a single upstream call (but not for a long
+//! stream: 250 ms after its body starts they make their own call). When the store
 //! fails (Redis down), requests go to the handler: the cache never fails a request.
 //!
 //! # Example
