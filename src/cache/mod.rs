@@ -63,9 +63,9 @@
 //! ```
 
 mod body;
-mod entry;
+pub(crate) mod entry;
 mod flight;
-mod key;
+pub(crate) mod key;
 mod memory;
 mod policy;
 #[cfg(feature = "redis")]
