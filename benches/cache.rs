@@ -2,6 +2,9 @@
 //!
 //! * `redis_hit_vs_raw_get`: a full cache hit through the layer (Redis backend)
 //!   against a raw `GET` of the same stored bytes through the same `RedisPool`.
+//! * `redis_hit_vs_raw_get_64_tasks`: the same two, each driven by 64 concurrent
+//!   tasks on the 2-worker runtime (issue #8's throughput comparison: time per
+//!   operation, so `raw / hit` is the hit rate as a fraction of the raw GET rate).
 //! * `hit_vs_upstream`: a hit (memory and Redis) against a handler whose upstream
 //!   call takes 10 ms.
 //!
@@ -9,7 +12,8 @@
 //! benches are skipped with a note when it does not answer.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -56,6 +60,30 @@ async fn fetch(app: &Router, uri: &str) -> usize {
         .unwrap();
     let res = app.clone().oneshot(req).await.unwrap();
     res.into_body().collect().await.unwrap().to_bytes().len()
+}
+
+/// Runs `iters` calls of `op` spread over 64 concurrent tasks; the elapsed time.
+fn concurrent<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, op: F) -> Duration
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    const TASKS: u64 = 64;
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for t in 0..TASKS {
+            let n = iters / TASKS + u64::from(t < iters % TASKS);
+            let op = op.clone();
+            set.spawn(async move {
+                for _ in 0..n {
+                    op().await;
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        start.elapsed()
+    })
 }
 
 fn redis_pool(rt: &tokio::runtime::Runtime) -> Option<RedisPool> {
@@ -169,6 +197,38 @@ fn benches(c: &mut Criterion) {
         });
         g.bench_function("cache_hit", |b| {
             b.iter(|| rt.block_on(fetch(app, "/items/1")))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("redis_hit_vs_raw_get_64_tasks");
+    if let Some((app, pool, raw_key, _)) = &redis {
+        let cmd = std::sync::Arc::new({
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(raw_key);
+            cmd
+        });
+        g.bench_function("raw_get_same_bytes", |b| {
+            b.iter_custom(|iters| {
+                let (pool, cmd) = (pool.clone(), cmd.clone());
+                concurrent(&rt, iters, move || {
+                    let (pool, cmd) = (pool.clone(), cmd.clone());
+                    async move {
+                        pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
+                    }
+                })
+            })
+        });
+        g.bench_function("cache_hit", |b| {
+            b.iter_custom(|iters| {
+                let app = app.clone();
+                concurrent(&rt, iters, move || {
+                    let app = app.clone();
+                    async move {
+                        fetch(&app, "/items/1").await;
+                    }
+                })
+            })
         });
     }
     g.finish();

@@ -46,6 +46,7 @@ suite!(
     statuses_and_directives,
     unsafe_methods_invalidate,
     tag_purge,
+    tag_purge_during_a_fill_wins,
     query_is_normalised,
     etag_and_304,
     big_stream_passes_and_is_not_stored,
@@ -144,6 +145,7 @@ async fn bad_config_lists_every_problem() {
     r.vary = vec!["Authorization".into(), "bad header".into()];
     r.ttl_s = Some(0);
     cfg.rules = vec![r, rule(&[])];
+    // Compression applies to the Redis backend only.
     cfg.compress_min_bytes = 10;
     cfg.key_prefix = "a{b}".into();
     cfg.lock = true;
@@ -248,6 +250,82 @@ async fn first_byte_of_a_slow_stream_arrives_before_the_end() {
         String::from_utf8_lossy(&again)
     );
     assert!(contains(&again, b"\r\n\r\nfirst;last"));
+}
+
+/// Requests that arrive while a long body is streaming to the first caller stop
+/// waiting for it after a short while and make their own call, instead of sitting
+/// through the whole stream; the first caller's complete body is still stored.
+#[tokio::test(start_paused = true)]
+async fn waiters_do_not_sit_through_a_long_stream() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let layer = memory().layer(config(vec![rule(&["/trickle"])]));
+    let app = Router::new()
+        .route(
+            "/trickle",
+            route_get(move || {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+                    tokio::spawn(async move {
+                        for i in 0..4 {
+                            if i > 0 {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            let chunk = Bytes::from(format!("{n}:{i};"));
+                            tx.send(Ok(chunk)).await.unwrap();
+                        }
+                    });
+                    Body::new(ChannelBody(rx))
+                }
+            }),
+        )
+        .layer(layer);
+    let request = || {
+        axum::http::Request::get("/trickle")
+            .header("host", "example.com")
+            .body(Body::empty())
+            .unwrap()
+    };
+    async fn finish(res: axum::response::Response) -> (String, String) {
+        let x_cache = res.headers()["x-cache"].to_str().unwrap().to_owned();
+        let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (
+            format!("{x_cache} {status}"),
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+    let first = tokio::spawn({
+        let app = app.clone();
+        let req = request();
+        async move { finish(app.oneshot(req).await.unwrap()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let start = tokio::time::Instant::now();
+    let second = app.clone().oneshot(request()).await.unwrap();
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(1), "waited {waited:?}");
+    let (status, body) = finish(second).await;
+    assert_eq!(status, "MISS palisade; fwd=miss; detail=collapse-streaming");
+    assert_eq!(body, "2:0;2:1;2:2;2:3;");
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, "MISS palisade; fwd=miss");
+    assert_eq!(body, "1:0;1:1;1:2;1:3;");
+    let (status, body) = finish(app.oneshot(request()).await.unwrap()).await;
+    assert!(status.starts_with("HIT"), "{status}");
+    assert_eq!(
+        body, "1:0;1:1;1:2;1:3;",
+        "the first caller's body was stored"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

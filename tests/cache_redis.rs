@@ -215,3 +215,80 @@ async fn invalidation_is_fleet_wide() {
 fn app_calls(a: &App, b: &App, label: &'static str) -> usize {
     a.calls.get(label) + b.calls.get(label)
 }
+
+/// The entry keys (not generations) stored under `prefix`, with their `STRLEN`.
+fn entry_sizes(redis: &support::RedisServer, prefix: &str) -> Vec<(String, usize)> {
+    redis
+        .cli(&["KEYS", &format!("{prefix}*")])
+        .lines()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.ends_with(":gen"))
+        .map(|k| {
+            let n = redis.cli(&["STRLEN", k]).trim().parse().unwrap();
+            (k.to_owned(), n)
+        })
+        .collect()
+}
+
+/// `compress_min_bytes`: large compressible bodies are stored LZ4-compressed
+/// (smaller in Redis, identical on a hit); already-compressed content and small
+/// bodies are not; a damaged compressed entry is a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_entries_round_trip_and_shrink() {
+    let redis = support::RedisServer::start_owned();
+    let env = env_for(RedisConfig::single(redis.url()), |c| {
+        c.backend = CacheBackend::Redis;
+    });
+    let cfg = |min| {
+        let mut c = config(vec![rule(&["/doc/{kind}", "/items/{id}"])]);
+        c.compress_min_bytes = min;
+        c
+    };
+    let plain = app_with(env.layer_with_prefix(cfg(0), "plain:"));
+    let packed = app_with(env.layer_with_prefix(cfg(1024), "packed:"));
+    for app in [&plain, &packed] {
+        let miss = get(app, "/doc/json").await;
+        assert_eq!(miss.x_cache(), "MISS");
+        let hit = get(app, "/doc/json").await;
+        assert_eq!(hit.x_cache(), "HIT");
+        assert_eq!(hit.body, doc_body(1).as_bytes(), "identical on a hit");
+        assert_eq!(hit.headers["content-type"], "application/json");
+    }
+    let plain_len = entry_sizes(&redis, "plain:")[0].1;
+    let packed_len = entry_sizes(&redis, "packed:")[0].1;
+    assert!(plain_len > DOC_LEN, "{plain_len}");
+    assert!(
+        packed_len * 4 < plain_len,
+        "compressed {packed_len} vs plain {plain_len}"
+    );
+
+    // Below the threshold, and content that is compressed already: stored as is.
+    for (uri, min_len) in [
+        ("/items/1", 1),
+        ("/doc/png", DOC_LEN),
+        ("/doc/gzip", DOC_LEN),
+    ] {
+        redis.cli(&["FLUSHALL"]);
+        get(&packed, uri).await;
+        assert_eq!(get(&packed, uri).await.x_cache(), "HIT", "{uri}");
+        let sizes = entry_sizes(&redis, "packed:");
+        assert_eq!(sizes.len(), 1, "{uri}: {sizes:?}");
+        assert!(sizes[0].1 > min_len, "{uri}: {} bytes", sizes[0].1);
+        if uri == "/items/1" {
+            assert!(sizes[0].1 < 1024, "small entry: {} bytes", sizes[0].1);
+        }
+    }
+
+    // A damaged compressed entry: a miss, then refilled.
+    redis.cli(&["FLUSHALL"]);
+    let calls = packed.calls.get("doc");
+    get(&packed, "/doc/json").await;
+    assert_eq!(get(&packed, "/doc/json").await.x_cache(), "HIT");
+    let (key, len) = entry_sizes(&redis, "packed:").remove(0);
+    assert!(len < DOC_LEN / 4);
+    redis.cli(&["SETRANGE", &key, &(len / 2).to_string(), "\x01\x02garbage"]);
+    let r = get(&packed, "/doc/json").await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(r.body, doc_body(calls + 2).as_bytes());
+    assert_eq!(get(&packed, "/doc/json").await.x_cache(), "HIT", "refilled");
+}

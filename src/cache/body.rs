@@ -5,6 +5,8 @@
 //! The copy is given to the store only when the body ended cleanly (no error, no
 //! trailers, length as announced). Past the cap the copy is dropped and the rest
 //! streams through untouched; a body dropped early (client gone) stores nothing.
+//! A body still going after its first frame tells the key's waiting requests, which
+//! then stop waiting for it soon (see [`flight`](super::flight)).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -13,6 +15,8 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use super::flight::StageHandle;
 
 /// Called with the complete body.
 pub(crate) type OnComplete = Box<dyn FnOnce(Bytes) + Send>;
@@ -25,6 +29,7 @@ pin_project! {
         cap: usize,
         expected: Option<u64>,
         on_complete: Option<OnComplete>,
+        stage: Option<StageHandle>,
     }
 }
 
@@ -42,7 +47,14 @@ impl TeeBody {
             cap,
             expected,
             on_complete: Some(on_complete),
+            stage: None,
         }
+    }
+
+    /// Reports through `stage` when the body outlasts its first frame.
+    pub(crate) fn with_stage(mut self, stage: Option<StageHandle>) -> Self {
+        self.stage = stage;
+        self
     }
 }
 
@@ -54,8 +66,8 @@ impl http_body::Body for TeeBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let mut this = self.project();
+        match ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     if let Some(copy) = this.copy.as_mut() {
@@ -74,6 +86,12 @@ impl http_body::Body for TeeBody {
                                 done(copy.freeze());
                             }
                         }
+                    }
+                    if this.on_complete.is_some()
+                        && !this.inner.is_end_stream()
+                        && let Some(stage) = this.stage.take()
+                    {
+                        stage.streaming();
                     }
                 } else {
                     // Trailers cannot be replayed from the store.

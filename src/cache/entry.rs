@@ -3,8 +3,15 @@
 //! One Redis value holds one entry: a magic and format version, the timestamps,
 //! the invalidation generations it was built under, then either a response (status,
 //! headers as raw bytes, ETag, body) or a variant index (the response's `Vary`
-//! names). A truncated checksum closes it: a corrupt or foreign value decodes to
+//! names). A 64-bit checksum closes it: a corrupt or foreign value decodes to
 //! `None` and is treated as a miss.
+//!
+//! With `compress_min_bytes` set, a response whose body reaches the threshold is
+//! stored LZ4-compressed (flag bit 4: everything after the flags byte is one LZ4
+//! block, prefixed by its decompressed length), unless its content is already
+//! compressed (`Content-Encoding`, images, audio, video, archives) or compression
+//! would not make it at least an eighth smaller. The checksum covers the stored bytes, so a damaged
+//! compressed value is a miss before anything is decompressed.
 
 // The binary encoding is only used by the Redis backend (and its tests).
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -13,10 +20,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 3] = b"PLC";
-const VERSION: u8 = 1;
+/// 2: adds the compression flag (version-1 values, written before it, are misses).
+const VERSION: u8 = 2;
 const FLAG_PUBLIC: u8 = 1;
 const FLAG_VARIANTS: u8 = 2;
+const FLAG_COMPRESSED: u8 = 4;
 const CHECKSUM_LEN: usize = 8;
+/// Magic, version, flags.
+const HEADER_LEN: usize = MAGIC.len() + 2;
+/// LZ4 cannot expand data more than 255-fold: a larger claimed size is corrupt, and
+/// rejecting it bounds what a damaged value can make the decoder allocate.
+const LZ4_MAX_RATIO: usize = 255;
 
 /// One stored record.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +109,9 @@ impl Stored {
         (kind + tags + 160) as u64
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// Encodes the record; a response body of at least `compress_min` bytes (0 =
+    /// never) is compressed when that helps (see the module docs).
+    pub(crate) fn encode(&self, compress_min: usize) -> Vec<u8> {
         let mut out = BytesMut::with_capacity(self.weight() as usize + 64);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
@@ -143,8 +159,18 @@ impl Stored {
                 out.put_slice(&r.body);
             }
         }
-        let sum = blake3::hash(&out);
-        out.put_slice(&sum.as_bytes()[..CHECKSUM_LEN]);
+        let mut out = match &self.kind {
+            Kind::Response(r) if compress_min > 0 && r.body.len() >= compress_min => {
+                if compressible(&r.headers) {
+                    compress(out)
+                } else {
+                    out
+                }
+            }
+            _ => out,
+        };
+        let sum = checksum(&out);
+        out.put_slice(&sum);
         out.to_vec()
     }
 
@@ -155,18 +181,19 @@ impl Stored {
             return None;
         }
         let (payload, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        if blake3::hash(payload).as_bytes()[..CHECKSUM_LEN] != *sum {
+        if checksum(payload) != *sum {
             return None;
         }
-        let payload = bytes.slice(..bytes.len() - CHECKSUM_LEN);
-        let mut r = Reader {
-            buf: payload,
-            pos: 0,
+        if payload[..MAGIC.len()] != MAGIC[..] || payload[MAGIC.len()] != VERSION {
+            return None;
+        }
+        let flags = payload[HEADER_LEN - 1];
+        let rest = if flags & FLAG_COMPRESSED != 0 {
+            decompress(&payload[HEADER_LEN..])?
+        } else {
+            bytes.slice(HEADER_LEN..bytes.len() - CHECKSUM_LEN)
         };
-        if r.take(3)? != MAGIC[..] || r.u8()? != VERSION {
-            return None;
-        }
-        let flags = r.u8()?;
+        let mut r = Reader { buf: rest, pos: 0 };
         let gen_ = r.u64()?;
         let stored_at_ms = r.u64()?;
         let fresh_until_ms = r.u64()?;
@@ -221,6 +248,114 @@ impl Stored {
     }
 }
 
+/// Whether compressing a body with these headers can pay off: not when it is
+/// already encoded or of a type that is compressed by nature.
+fn compressible(headers: &[(HeaderName, HeaderValue)]) -> bool {
+    !headers.iter().any(|(n, v)| {
+        if *n == http::header::CONTENT_ENCODING {
+            return !v.as_bytes().eq_ignore_ascii_case(b"identity");
+        }
+        if *n != http::header::CONTENT_TYPE {
+            return false;
+        }
+        let t = v.as_bytes();
+        let essence = t.split(|&c| c == b';').next().unwrap_or(t).trim_ascii();
+        let lower = essence.to_ascii_lowercase();
+        let starts = |p: &[u8]| lower.starts_with(p);
+        (starts(b"image/") && !lower.ends_with(b"+xml") && lower != b"image/bmp")
+            || starts(b"audio/")
+            || starts(b"video/")
+            || starts(b"font/woff")
+            || matches!(
+                lower.as_slice(),
+                b"application/zip"
+                    | b"application/gzip"
+                    | b"application/x-gzip"
+                    | b"application/zstd"
+                    | b"application/x-bzip2"
+                    | b"application/x-xz"
+                    | b"application/x-7z-compressed"
+                    | b"application/x-rar-compressed"
+                    | b"application/vnd.rar"
+                    | b"application/pdf"
+                    | b"application/wasm"
+            )
+    })
+}
+
+/// Compresses everything after the header of an encoded record when that saves at
+/// least an eighth (less is not worth a decompression per hit); otherwise returns
+/// it as it is.
+#[cfg(feature = "redis")]
+fn compress(plain: BytesMut) -> BytesMut {
+    let rest = &plain[HEADER_LEN..];
+    let packed = lz4_flex::block::compress(rest);
+    if packed.len() + 4 > rest.len() - rest.len() / 8 {
+        return plain;
+    }
+    let mut out = BytesMut::with_capacity(HEADER_LEN + 4 + packed.len() + CHECKSUM_LEN);
+    out.put_slice(&plain[..HEADER_LEN]);
+    out[HEADER_LEN - 1] |= FLAG_COMPRESSED;
+    out.put_u32(rest.len() as u32);
+    out.put_slice(&packed);
+    out
+}
+
+#[cfg(not(feature = "redis"))]
+fn compress(plain: BytesMut) -> BytesMut {
+    plain
+}
+
+/// The record after the header of a compressed value; `None` if it does not
+/// decompress to exactly the announced length.
+fn decompress(packed: &[u8]) -> Option<Bytes> {
+    let (len, block) = packed.split_first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > block.len().saturating_mul(LZ4_MAX_RATIO) {
+        return None;
+    }
+    #[cfg(feature = "redis")]
+    {
+        let plain = lz4_flex::block::decompress(block, len).ok()?;
+        (plain.len() == len).then(|| Bytes::from(plain))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        None
+    }
+}
+
+/// A 64-bit checksum of a stored value: guards against damaged, truncated or
+/// foreign values, not against forgery (whoever can write to Redis can write any
+/// entry), so a cryptographic hash would be wasted work on every hit.
+///
+/// Each 8-byte word is folded in by `h = (rotl(h) ^ word) * K` with odd `K`: for a
+/// fixed word every step is a bijection of `h`, so a value differing from the
+/// original in any single word (any one flipped bit, say) always has a different
+/// checksum; the length seeds `h` and a final avalanche (also a bijection) spreads
+/// the bits.
+fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let step = |h: u64, w: [u8; 8]| (h.rotate_left(23) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = step(h, a);
+    }
+    let rest = words.remainder();
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    h = step(h, last);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h.to_le_bytes()
+}
+
 fn put_short(out: &mut BytesMut, b: &[u8]) {
     out.put_u16(b.len() as u16);
     out.put_slice(b);
@@ -244,9 +379,6 @@ impl Reader {
     fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         let b = self.take(N)?;
         b.as_ref().try_into().ok()
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.array::<1>()?[0])
     }
     fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.array()?))
@@ -302,18 +434,18 @@ mod tests {
     #[test]
     fn round_trips() {
         let s = sample();
-        assert_eq!(Stored::decode(Bytes::from(s.encode())), Some(s));
+        assert_eq!(Stored::decode(Bytes::from(s.encode(0))), Some(s));
         let v = Stored {
             kind: Kind::Variants(vec![HeaderName::from_static("accept-language")]),
             ..sample()
         };
-        assert_eq!(Stored::decode(Bytes::from(v.encode())), Some(v));
+        assert_eq!(Stored::decode(Bytes::from(v.encode(1))), Some(v));
         assert_eq!(sample().expires_at_ms(), 71_000);
     }
 
     #[test]
     fn corrupt_or_foreign_values_are_rejected() {
-        let good = sample().encode();
+        let good = sample().encode(0);
         for i in [0, 3, 10, good.len() / 2, good.len() - 1] {
             let mut bad = good.clone();
             bad[i] ^= 0x01;
@@ -321,6 +453,120 @@ mod tests {
         }
         assert!(Stored::decode(Bytes::from(good[..good.len() - 3].to_vec())).is_none());
         assert!(Stored::decode(Bytes::from_static(b"garbage")).is_none());
+        // Every single-bit flip anywhere, checksum included.
+        for bit in 0..good.len() * 8 {
+            let mut bad = good.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(Stored::decode(Bytes::from(bad)).is_none(), "bit {bit}");
+        }
         assert!(Stored::decode(Bytes::new()).is_none());
+    }
+
+    fn with_body(body: Vec<u8>, content_type: &'static str) -> Stored {
+        let mut s = sample();
+        if let Kind::Response(r) = &mut s.kind {
+            r.body = Bytes::from(body);
+            r.headers[0].1 = HeaderValue::from_static(content_type);
+        }
+        s
+    }
+
+    fn text(n: usize) -> Vec<u8> {
+        b"{\"id\":42,\"name\":\"a compressible item\"},"
+            .iter()
+            .copied()
+            .cycle()
+            .take(n)
+            .collect()
+    }
+
+    fn is_compressed(encoded: &[u8]) -> bool {
+        encoded[HEADER_LEN - 1] & FLAG_COMPRESSED != 0
+    }
+
+    #[test]
+    fn compresses_from_the_threshold_and_round_trips() {
+        let s = with_body(text(4096), "application/json");
+        let plain = s.encode(0);
+        assert!(!is_compressed(&plain), "0 = off");
+        assert!(!is_compressed(&s.encode(4097)), "below the threshold");
+        let packed = s.encode(4096);
+        assert!(is_compressed(&packed), "at the threshold");
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
+        assert_eq!(Stored::decode(Bytes::from(packed)), Some(s));
+    }
+
+    #[test]
+    fn compressed_content_and_incompressible_bodies_stay_plain() {
+        for ct in ["image/png", "video/mp4", "application/zip", "font/woff2"] {
+            let s = with_body(text(4096), ct);
+            assert!(!is_compressed(&s.encode(1)), "{ct}");
+        }
+        assert!(is_compressed(
+            &with_body(text(4096), "image/svg+xml").encode(1)
+        ));
+        let mut s = with_body(text(4096), "text/plain");
+        if let Kind::Response(r) = &mut s.kind {
+            r.headers.push((
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_static("gzip"),
+            ));
+        }
+        assert!(!is_compressed(&s.encode(1)), "content-encoding");
+        // Random bytes do not shrink (beyond the record's zero padding): stored as
+        // they are.
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let s = with_body(noise, "text/plain");
+        let enc = s.encode(1);
+        assert!(!is_compressed(&enc));
+        assert_eq!(Stored::decode(Bytes::from(enc)), Some(s));
+    }
+
+    /// Re-seals a damaged value with a valid checksum, so the decoder itself must
+    /// reject it.
+    fn reseal(mut v: Vec<u8>) -> Bytes {
+        v.truncate(v.len() - CHECKSUM_LEN);
+        let sum = checksum(&v);
+        v.extend_from_slice(&sum);
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn corrupt_compressed_values_are_rejected() {
+        let packed = with_body(text(8192), "text/plain").encode(1);
+        assert!(is_compressed(&packed));
+        // Checksum catches a flipped bit.
+        let mut bad = packed.clone();
+        bad[HEADER_LEN + 10] ^= 0x40;
+        assert!(Stored::decode(Bytes::from(bad.clone())).is_none());
+        // Sealed again: the LZ4 block or the record inside must fail.
+        assert!(Stored::decode(reseal(bad)).is_none());
+        // A claimed length the block cannot produce, or an absurd one.
+        for len in [1u32, 8191, u32::MAX] {
+            let mut bad = packed.clone();
+            bad[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&len.to_be_bytes());
+            assert!(Stored::decode(reseal(bad)).is_none(), "len {len}");
+        }
+        // Truncated block.
+        let mut bad = packed.clone();
+        bad.drain(HEADER_LEN + 20..HEADER_LEN + 30);
+        assert!(Stored::decode(reseal(bad)).is_none());
+        // Version 1 values (before the compression flag) are misses.
+        let mut old = with_body(text(64), "text/plain").encode(0);
+        old[MAGIC.len()] = 1;
+        assert!(Stored::decode(reseal(old)).is_none());
     }
 }

@@ -90,6 +90,8 @@ pub(crate) struct Generations {
 struct GenInner {
     seq: u64,
     floor: u64,
+    /// The sequence number of the last tag purge (or reset): fills compare it.
+    purge_epoch: u64,
     groups: HashMap<[u8; 16], u64>,
     tags: HashMap<String, u64>,
 }
@@ -122,10 +124,27 @@ impl Generations {
             .collect()
     }
 
+    /// Changes whenever a tag is purged; a fill reads it before calling the handler.
+    pub(crate) fn purge_epoch(&self) -> u64 {
+        self.lock().purge_epoch
+    }
+
+    /// The tags' generations, or `None` when a purge happened since `epoch` (the
+    /// response may predate it and must not be stored; untagged ones are immune).
+    pub(crate) fn tags_if_unpurged(&self, tags: &[String], epoch: u64) -> Option<Vec<u64>> {
+        let i = self.lock();
+        (tags.is_empty() || i.purge_epoch == epoch).then(|| {
+            tags.iter()
+                .map(|t| i.tags.get(t).copied().unwrap_or(i.floor))
+                .collect()
+        })
+    }
+
     pub(crate) fn bump_tag(&self, tag: &str) {
         let mut i = self.lock();
         i.seq += 1;
         let seq = i.seq;
+        i.purge_epoch = seq;
         if i.tags.len() >= MAX_GENERATIONS {
             i.reset();
         } else {
@@ -138,6 +157,7 @@ impl GenInner {
     fn reset(&mut self) {
         self.seq += 1;
         self.floor = self.seq;
+        self.purge_epoch = self.seq;
         self.groups.clear();
         self.tags.clear();
     }
@@ -203,6 +223,13 @@ mod tests {
         let t0 = g.tags(&["a".into()]);
         g.bump_tag("a");
         assert_ne!(g.tags(&["a".into()]), t0);
+        let epoch = g.purge_epoch();
+        let tags = vec!["b".to_owned()];
+        assert!(g.tags_if_unpurged(&tags, epoch).is_some());
+        g.bump_group([3; 16]);
+        assert!(g.tags_if_unpurged(&tags, epoch).is_some(), "not a purge");
+        g.bump_tag("c");
+        assert!(g.tags_if_unpurged(&tags, epoch).is_none(), "any purge");
         // Reset: every old generation becomes invalid.
         g.lock().reset();
         assert_ne!(g.group(&[1; 16]), after);

@@ -35,7 +35,8 @@
 //!
 //! Misses stream: the first byte reaches the client as soon as the handler sends it
 //! while a copy is kept up to `max_body_bytes`; only a complete body is stored.
-//! Concurrent misses on one key wait for a single upstream call. When the store
+//! Concurrent misses on one key wait for a single upstream call (but not for a long
+//! stream: 250 ms after its body starts they make their own call). When the store
 //! fails (Redis down), requests go to the handler: the cache never fails a request.
 //!
 //! # Example
@@ -62,9 +63,9 @@
 //! ```
 
 mod body;
-mod entry;
+pub(crate) mod entry;
 mod flight;
-mod key;
+pub(crate) mod key;
 mod memory;
 mod policy;
 #[cfg(feature = "redis")]
@@ -90,6 +91,9 @@ use self::memory::MemoryStore;
 
 /// How long requests that missed wait for the one upstream call on their key.
 const COLLAPSE_WAIT: Duration = Duration::from_secs(5);
+/// How much longer they wait once that call's body is streaming (it may be long:
+/// they make their own call rather than wait for its end).
+const STREAM_WAIT: Duration = Duration::from_millis(250);
 
 /// Layer for `[cache]`; see the [module docs](self).
 ///
@@ -205,12 +209,6 @@ impl CacheLayer {
                 "must be between 1 byte and 512 MiB (Redis' value limit)",
             );
         }
-        if config.compress_min_bytes != 0 {
-            errors.push(
-                "cache.compress_min_bytes",
-                "compression of stored entries is not supported yet; leave it at 0",
-            );
-        }
         if config.key_prefix.contains(['{', '}']) {
             errors.push(
                 "cache.key_prefix",
@@ -284,6 +282,14 @@ impl CacheLayer {
                 if config.memory_tier {
                     errors.push("cache.memory_tier", "only applies to `backend = \"redis\"`");
                 }
+                if config.compress_min_bytes != 0 {
+                    // In process, entries are kept decoded: compressing them would
+                    // cost a decompression on every hit.
+                    errors.push(
+                        "cache.compress_min_bytes",
+                        "only applies to `backend = \"redis\"`; leave it at 0",
+                    );
+                }
                 Some(Store::Memory(memory()))
             }
             #[cfg(feature = "redis")]
@@ -293,6 +299,7 @@ impl CacheLayer {
                     &config.key_prefix,
                     config.memory_tier.then(memory),
                     max_lifetime_ms,
+                    config.compress_min_bytes,
                 ))),
                 None => {
                     errors.push(
@@ -402,6 +409,34 @@ impl Store {
             Store::Memory(m) => Ok(m.gens.tags(tags)),
             #[cfg(feature = "redis")]
             Store::Redis(r) => r.tag_gens(tags).await,
+        }
+    }
+
+    /// Read before a fill calls the handler; see [`Self::tag_gens_if_unpurged`].
+    pub(crate) async fn purge_epoch(&self) -> Result<u64, CacheStoreError> {
+        match self {
+            Store::Memory(m) => Ok(m.gens.purge_epoch()),
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.purge_epoch().await,
+        }
+    }
+
+    /// The tags' generations for a record about to be stored, read atomically with
+    /// the purge epoch: `None` when a tag purge happened since the fill began (at
+    /// `epoch`), so the response may be older than the purge and is not stored.
+    pub(crate) async fn tag_gens_if_unpurged(
+        &self,
+        tags: &[String],
+        epoch: u64,
+    ) -> Result<Option<Vec<u64>>, CacheStoreError> {
+        if tags.is_empty() {
+            // Purges cannot reach an untagged entry.
+            return Ok(Some(Vec::new()));
+        }
+        match self {
+            Store::Memory(m) => Ok(m.gens.tags_if_unpurged(tags, epoch)),
+            #[cfg(feature = "redis")]
+            Store::Redis(r) => r.tag_gens_if_unpurged(tags, epoch).await,
         }
     }
 

@@ -92,36 +92,37 @@ pub(crate) fn vary_names(headers: &HeaderMap) -> Result<Vec<HeaderName>, ()> {
 /// Request headers that carry credentials: a request with one of them is never served
 /// a shared entry, nor fills one, unless the response says `public` or the rule caches
 /// per identity.
-pub(crate) const CREDENTIAL_HEADERS: [&str; 5] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
+pub(crate) const CREDENTIAL_HEADERS: [HeaderName; 5] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
 ];
 
 pub(crate) fn is_credential_header(name: &str) -> bool {
     CREDENTIAL_HEADERS
         .iter()
-        .any(|c| name.eq_ignore_ascii_case(c))
+        .any(|c| name.eq_ignore_ascii_case(c.as_str()))
 }
 
 /// Request headers a handler (or framework) may act on but which are not part of the
 /// key: a request carrying one is served from the cache but never fills it, so it
 /// cannot poison an entry (e.g. `X-Forwarded-Host` reflected into absolute links).
-pub(crate) const UNKEYED_HEADERS: [&str; 12] = [
-    "x-forwarded-host",
-    "x-forwarded-server",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-scheme",
-    "x-host",
-    "x-original-url",
-    "x-original-host",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
+/// `HeaderName`s, not strings: looking them up then needs no parsing per request.
+pub(crate) const UNKEYED_HEADERS: [HeaderName; 12] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
 ];
 
 /// Whether the response carries a CSP nonce (a per-response secret: storing it would

@@ -5,13 +5,20 @@
 //! * `P v1:{<group>}:<key>` — an entry (or a variant index), `SET … PX` with the
 //!   freshness plus the longest stale window;
 //! * `P v1:{<group>}:gen` — the resource group's generation;
-//! * `P v1:{tags}:<tag>` — a tag's generation.
+//! * `P v1:{tags}:<tag>` — a tag's generation;
+//! * `P v1:{tags}:epoch` — changed by every tag purge, before the tag's generation.
 //!
 //! The hash tags put an entry and its group generation in one Cluster slot, so a
 //! lookup is a single `MGET` round trip on a Cluster too. Generations are random
 //! 64-bit values written by `SET`, never counters: a generation key that expires
 //! and comes back can never re-validate an old entry (no ABA), and expiring them
 //! after the longest entry lifetime keeps Redis clean without any scan.
+//!
+//! A fill reads the purge epoch before calling the handler, and the tags'
+//! generations together with the epoch (one `MGET`, one slot) before storing: if
+//! any purge happened in between, the response may predate it and is not stored; a
+//! purge after that read changes a generation the entry carries. Either way no
+//! entry outlives a purge that started after its fill.
 //!
 //! Every call goes through [`RedisPool`] (timeout and circuit breaker): when Redis is
 //! down the layer passes requests through at the cost of at most one timeout per
@@ -24,7 +31,7 @@ use redis::Cmd;
 
 use super::CacheStoreError;
 use super::entry::Stored;
-use super::key::{FORMAT_VERSION, Key, hex};
+use super::key::{FORMAT_VERSION, Key, hex, push_hex};
 use super::memory::MemoryStore;
 use crate::redis::RedisPool;
 
@@ -35,6 +42,8 @@ pub(crate) struct RedisStore {
     tier: Option<MemoryStore>,
     /// How long generation keys live: longer than any entry.
     gen_ttl_ms: u64,
+    /// `compress_min_bytes` (0 = off).
+    compress_min: usize,
 }
 
 fn err(e: crate::redis::StoreError) -> CacheStoreError {
@@ -69,21 +78,42 @@ impl RedisStore {
         key_prefix: &str,
         tier: Option<MemoryStore>,
         max_lifetime_ms: u64,
+        compress_min: usize,
     ) -> Self {
         Self {
             pool,
             prefix: format!("{key_prefix}{FORMAT_VERSION}:"),
             tier,
             gen_ttl_ms: max_lifetime_ms + 3_600_000,
+            compress_min,
         }
     }
 
+    /// `P v1:{<group>}:` followed by `suffix` (built without `format!`: this runs
+    /// on every lookup).
+    fn group_key(&self, group: &[u8; 16], suffix: &[u8]) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + 36 + suffix.len() * 2 + 4);
+        k.push_str(&self.prefix);
+        k.push('{');
+        push_hex(&mut k, group);
+        k.push_str("}:");
+        k
+    }
+
     fn entry_key(&self, key: &Key) -> String {
-        format!("{}{{{}}}:{}", self.prefix, hex(&key.group), hex(&key.full))
+        let mut k = self.group_key(&key.group, &key.full);
+        push_hex(&mut k, &key.full);
+        k
     }
 
     fn gen_key(&self, group: &[u8; 16]) -> String {
-        format!("{}{{{}}}:gen", self.prefix, hex(group))
+        let mut k = self.group_key(group, b"");
+        k.push_str("gen");
+        k
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}{{tags}}:epoch", self.prefix)
     }
 
     fn tag_key(&self, tag: &str) -> String {
@@ -157,7 +187,7 @@ impl RedisStore {
         }
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.entry_key(key))
-            .arg(rec.encode())
+            .arg(rec.encode(self.compress_min))
             .arg("PX")
             .arg(ttl);
         if let Err(e) = self.pool.query::<()>("cache_put", &cmd).await {
@@ -187,11 +217,42 @@ impl RedisStore {
     }
 
     pub(crate) async fn purge_tag(&self, tag: &str) -> Result<(), CacheStoreError> {
-        let cmd = self.set_gen(self.tag_key(tag));
-        self.pool
-            .query::<()>("cache_purge", &cmd)
-            .await
-            .map_err(err)
+        // The epoch first: a fill that reads the new generation also sees the new
+        // epoch and stores nothing.
+        for key in [self.epoch_key(), self.tag_key(tag)] {
+            let cmd = self.set_gen(key);
+            self.pool
+                .query::<()>("cache_purge", &cmd)
+                .await
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn purge_epoch(&self) -> Result<u64, CacheStoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.epoch_key());
+        let v: Option<Vec<u8>> = self.pool.query("cache_get", &cmd).await.map_err(err)?;
+        Ok(parse_gen(v))
+    }
+
+    /// The tags' generations, or `None` if a purge happened since `epoch`.
+    pub(crate) async fn tag_gens_if_unpurged(
+        &self,
+        tags: &[String],
+        epoch: u64,
+    ) -> Result<Option<Vec<u64>>, CacheStoreError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.epoch_key());
+        for t in tags {
+            cmd.arg(self.tag_key(t));
+        }
+        let v: Vec<Option<Vec<u8>>> = self.pool.query("cache_get", &cmd).await.map_err(err)?;
+        let mut gens = v.into_iter().map(parse_gen);
+        if gens.next() != Some(epoch) {
+            return Ok(None);
+        }
+        Ok(Some(gens.collect()))
     }
 
     pub(crate) async fn tag_gens(&self, tags: &[String]) -> Result<Vec<u64>, CacheStoreError> {

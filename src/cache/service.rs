@@ -11,23 +11,24 @@ use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, HOST, IF_NONE_MATCH,
-    LOCATION, TRANSFER_ENCODING, VARY,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, FORWARDED, HOST,
+    IF_NONE_MATCH, LOCATION, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tower::{Service, ServiceExt};
 
 use super::body::TeeBody;
 use super::entry::{Kind, ResponseData, Stored};
-use super::flight::{self, FlightGuard, Role};
+use super::flight::{self, FlightGuard, Role, Waited};
 use super::key::{self, Key, KeyBuilder};
 use super::policy;
-use super::{COLLAPSE_WAIT, Rule, Shared, outcome};
+use super::{COLLAPSE_WAIT, Rule, STREAM_WAIT, Shared, outcome};
 use crate::client_ip::client_info;
 use crate::identity::Identity;
 use crate::outcome::CacheStatus;
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 const HIT: HeaderValue = HeaderValue::from_static("HIT");
@@ -161,7 +162,7 @@ where
     if ctx.head || ctx.fill_block.is_some() {
         // These never fill, but an entry being filled right now serves them too.
         if let Some(rx) = shared.flights.peek(&ctx.key.full) {
-            flight::wait(rx, COLLAPSE_WAIT).await;
+            flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
         }
         if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
             return res;
@@ -209,7 +210,7 @@ where
                 .await;
             }
             Role::Follower(rx) => {
-                let done = flight::wait(rx, COLLAPSE_WAIT).await;
+                let waited = flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
                 let now = shared.clock.now_ms();
                 match lookup(&shared, &ctx.key, req.headers(), now).await {
                     Ok((Some((rec, _)), _))
@@ -229,9 +230,16 @@ where
                     Ok((_, g)) => gen_ = g,
                     Err(_) => break,
                 }
-                if !done {
-                    reason = "collapse-timeout";
-                    break;
+                match waited {
+                    Waited::Done => {}
+                    Waited::TimedOut => {
+                        reason = "collapse-timeout";
+                        break;
+                    }
+                    Waited::Streaming => {
+                        reason = "collapse-streaming";
+                        break;
+                    }
                 }
             }
         }
@@ -365,16 +373,16 @@ fn prepare(req: &Request, rule: &Rule) -> Result<Ctx, &'static str> {
     let has_credentials = identity.is_some()
         || policy::CREDENTIAL_HEADERS
             .iter()
-            .any(|h| headers.contains_key(*h));
+            .any(|h| headers.contains_key(h));
     if has_credentials && rule.per_identity && identity.is_none() {
         return Err("credentials");
     }
     let info = client_info(req);
     let unkeyed = policy::UNKEYED_HEADERS
         .iter()
-        .any(|h| headers.contains_key(*h))
+        .any(|h| headers.contains_key(h))
         || (!info.forwarded
-            && (headers.contains_key("x-forwarded-proto") || headers.contains_key("forwarded")));
+            && (headers.contains_key(X_FORWARDED_PROTO) || headers.contains_key(FORWARDED)));
     let uri = req.uri();
     let mut b = KeyBuilder::new();
     b.part(b"GET")
@@ -601,6 +609,18 @@ where
 {
     let req_headers = req.headers().clone();
     let head = req.method() == Method::HEAD;
+    // Before the handler runs: a tag purge from now on keeps its response out.
+    let epoch = if head || ctx.fill_block.is_some() {
+        0
+    } else {
+        match shared.store.purge_epoch().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "cache store failed; passing through");
+                return bypass(call(inner, req).await, "store-error");
+            }
+        }
+    };
     let res = call(inner, req).await;
     let now = shared.clock.now_ms();
     if res.status().is_server_error()
@@ -618,19 +638,31 @@ where
             Served::StaleIfError(status),
         );
     }
-    let (mut res, stored) = fill(shared, res, rule, ctx, gen_, &req_headers, now, guard);
+    let (mut res, stored) = fill(
+        shared,
+        res,
+        rule,
+        ctx,
+        (gen_, epoch),
+        &req_headers,
+        now,
+        guard,
+    );
     mark_miss(&mut res, stored.err().unwrap_or("miss"));
     res
 }
 
 /// Decides whether `res` is stored and, if so, wraps its body. Strips the tag header.
+///
+/// `gen_` is the resource group's generation and `epoch` the purge epoch, both read
+/// before the handler was called.
 #[allow(clippy::too_many_arguments)]
 fn fill(
     shared: &Arc<Shared>,
     res: Response,
     rule: &Rule,
     ctx: &Ctx,
-    gen_: u64,
+    (gen_, epoch): (u64, u64),
     req_headers: &HeaderMap,
     now: u64,
     guard: Option<FlightGuard>,
@@ -677,6 +709,7 @@ fn fill(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .or_else(|| http_body::Body::size_hint(&body).exact());
+    let stage = guard.as_ref().map(FlightGuard::stage);
     let swr_ms = shared.swr_ms;
     let sie_ms = shared.sie_ms;
     let shared2 = shared.clone();
@@ -702,7 +735,9 @@ fn fill(
         if let super::Store::Memory(m) = &shared2.store {
             // In process: store before the body's end reaches the client, so the
             // next request is a hit.
-            let tag_gens = m.gens.tags(&tags);
+            let Some(tag_gens) = m.gens.tags_if_unpurged(&tags, epoch) else {
+                return;
+            };
             let rec = base.with_response(tags, tag_gens, data);
             if !vary.is_empty() {
                 m.put(primary.full, Arc::new(base));
@@ -716,9 +751,10 @@ fn fill(
         };
         rt.spawn(async move {
             let _guard = guard;
-            let tag_gens = match shared2.store.tag_gens(&tags).await {
-                Ok(g) => g,
-                Err(_) => return,
+            let tag_gens = match shared2.store.tag_gens_if_unpurged(&tags, epoch).await {
+                Ok(Some(g)) => g,
+                // Purged meanwhile, or unknown: store nothing.
+                Ok(None) | Err(_) => return,
             };
             let rec = base.with_response(tags, tag_gens, data);
             if !vary.is_empty() {
@@ -727,7 +763,8 @@ fn fill(
             shared2.store.put(&key, Arc::new(rec), now).await;
         });
     });
-    let body = Body::new(TeeBody::new(body, shared.max_body, expected, on_complete));
+    let body =
+        Body::new(TeeBody::new(body, shared.max_body, expected, on_complete).with_stage(stage));
     (Response::from_parts(parts, body), Ok(()))
 }
 
@@ -880,6 +917,9 @@ where
         let shutdown = shared.shutdown.clone();
         let work = async {
             let headers = refresh.headers().clone();
+            let Ok(epoch) = shared.store.purge_epoch().await else {
+                return;
+            };
             let res = match inner.oneshot(refresh).await {
                 Ok(r) => r,
                 Err(never) => match never {},
@@ -890,7 +930,7 @@ where
                 res,
                 &shared.rules[ri],
                 &ctx,
-                gen_,
+                (gen_, epoch),
                 &headers,
                 now,
                 Some(guard),

@@ -33,8 +33,10 @@ pub struct CacheConfig {
     /// How long past freshness a stale entry is served when the handler fails
     /// with a 5xx (seconds, RFC 5861). 0 disables.
     pub stale_if_error_s: u64,
-    /// Compress stored entries larger than this (Redis). 0 = off. Not supported yet:
-    /// a non-zero value is a configuration error.
+    /// Redis backend: store responses whose body has at least this many bytes
+    /// LZ4-compressed (less memory and network per entry, some CPU per hit). Bodies
+    /// that are already compressed (`Content-Encoding`, images, audio, video,
+    /// archives) or do not shrink are stored as they are. 0 = off (default).
     pub compress_min_bytes: usize,
     /// Prefix of every Redis key (a namespace per application).
     pub key_prefix: String,

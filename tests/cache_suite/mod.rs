@@ -86,6 +86,24 @@ pub struct App {
     pub calls: Calls,
     pub layer: CacheLayer,
     pub fail: Arc<AtomicBool>,
+    pub gate: Gate,
+}
+
+/// Holds `/gated` handlers: each call adds a permit to `entered`, then waits for
+/// one from `release`; the test interleaves its own steps in between.
+#[derive(Clone)]
+pub struct Gate {
+    pub entered: Arc<tokio::sync::Semaphore>,
+    pub release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            entered: Arc::new(tokio::sync::Semaphore::new(0)),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 /// The test application: every route counts its calls.
@@ -97,6 +115,7 @@ pub fn app(env: &Env, cfg: CacheConfig) -> App {
 pub fn app_with(layer: CacheLayer) -> App {
     let calls = Calls::default();
     let fail = Arc::new(AtomicBool::new(false));
+    let gate = Gate::default();
     let c = calls.clone();
     let f = fail.clone();
     let router = Router::new()
@@ -281,6 +300,34 @@ pub fn app_with(layer: CacheLayer) -> App {
             }),
         )
         .route(
+            "/gated",
+            route_get({
+                let c = c.clone();
+                let gate = gate.clone();
+                move || async move {
+                    let n = c.hit("gated");
+                    gate.entered.add_permits(1);
+                    gate.release.acquire().await.unwrap().forget();
+                    ([("x-cache-tags", "gated")], format!("gated {n}"))
+                }
+            }),
+        )
+        .route(
+            "/doc/{kind}",
+            route_get({
+                let c = c.clone();
+                move |Path(kind): Path<String>| async move {
+                    let n = c.hit("doc");
+                    let (name, value) = match kind.as_str() {
+                        "png" => (header::CONTENT_TYPE, "image/png"),
+                        "gzip" => (header::CONTENT_ENCODING, "gzip"),
+                        _ => (header::CONTENT_TYPE, "application/json"),
+                    };
+                    ([(name, value)], doc_body(n))
+                }
+            }),
+        )
+        .route(
             "/sse",
             route_get({
                 let c = c.clone();
@@ -309,7 +356,21 @@ pub fn app_with(layer: CacheLayer) -> App {
         calls,
         layer,
         fail,
+        gate,
     }
+}
+
+pub const DOC_LEN: usize = 16 * 1024;
+
+/// `DOC_LEN` bytes of repetitive JSON-like text (compresses well); the call number
+/// leads, so a refill is told apart from a hit.
+pub fn doc_body(call: usize) -> String {
+    let mut s = format!("[{call:06}");
+    while s.len() < DOC_LEN {
+        s.push_str(",{\"id\":12345,\"name\":\"item\",\"tags\":[\"a\",\"b\"]}");
+    }
+    s.truncate(DOC_LEN);
+    s
 }
 
 pub const BIG_LEN: usize = 10 * 1024 * 1024;
@@ -753,6 +814,34 @@ pub async fn tag_purge(env: &Env) {
     assert_eq!(get(&app, "/tagged/1").await.x_cache(), "HIT", "refilled");
 }
 
+/// A purge that lands while a fill's handler runs wins: the response, which may
+/// predate the purge, is served to its caller but not kept.
+pub async fn tag_purge_during_a_fill_wins(env: &Env) {
+    let app = Arc::new(app(env, config(vec![rule(&["/gated"])])));
+    let gate = app.gate.clone();
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { get(&app, "/gated").await }
+    });
+    // The handler has started (the fill's lookups are done): purge now.
+    gate.entered.acquire().await.unwrap().forget();
+    app.layer.purge_tag("gated").await.unwrap();
+    gate.release.add_permits(2);
+    let first = first.await.unwrap();
+    assert_eq!((first.x_cache(), first.text()), ("MISS", "gated 1"));
+    // Waits for the first fill's store to finish (it holds the key's flight), then
+    // finds nothing: the handler runs again.
+    let second = get(&app, "/gated").await;
+    assert_eq!((second.x_cache(), second.text()), ("MISS", "gated 2"));
+    let third = get(&app, "/gated").await;
+    assert_eq!(
+        (third.x_cache(), third.text()),
+        ("HIT", "gated 2"),
+        "a fill with no purge during it is stored"
+    );
+    assert_eq!(app.calls.get("gated"), 2);
+}
+
 pub async fn query_is_normalised(env: &Env) {
     let mut r = rule(&["/items/{id}"]);
     r.ignore_query_params = vec!["utm_source".into()];
@@ -829,6 +918,7 @@ pub async fn all(env: &Env) {
     concurrent_misses_make_one_call(env).await;
     unsafe_methods_invalidate(env).await;
     tag_purge(env).await;
+    tag_purge_during_a_fill_wins(env).await;
     query_is_normalised(env).await;
     etag_and_304(env).await;
     big_stream_passes_and_is_not_stored(env).await;
