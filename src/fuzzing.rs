@@ -138,9 +138,11 @@ impl Hs256Verifier {
     /// # Panics
     /// When `secret` is shorter than 32 bytes.
     pub fn new(secret: &[u8], issuer: &str, now: u64) -> Self {
-        let mut cfg = crate::config::auth::JwtConfig::default();
-        cfg.algorithms = vec!["HS256".to_owned()];
-        cfg.issuer = Some(issuer.to_owned());
+        let cfg = crate::config::auth::JwtConfig {
+            algorithms: vec!["HS256".to_owned()],
+            issuer: Some(issuer.to_owned()),
+            ..Default::default()
+        };
         let verifier = match crate::auth::fuzz_access::JwtVerifier::from_config(&cfg, Some(secret))
         {
             Ok(v) => v,
