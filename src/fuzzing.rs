@@ -13,7 +13,9 @@
 //! [`is_safe_id`](crate::request_id::is_safe_id).
 
 #[cfg(any(feature = "cache", feature = "api-key", feature = "jwt"))]
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
+#[cfg(feature = "cache")]
+use http::HeaderValue;
 
 // ---------------------------------------------------------------- Host and authority
 
