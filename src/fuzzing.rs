@@ -12,10 +12,10 @@
 //! [`TrustedProxies::resolve`](crate::client_ip::TrustedProxies::resolve) and
 //! [`is_safe_id`](crate::request_id::is_safe_id).
 
-#[cfg(any(feature = "cache", feature = "api-key", feature = "jwt"))]
-use http::{HeaderMap, HeaderName};
 #[cfg(feature = "cache")]
 use http::HeaderValue;
+#[cfg(any(feature = "cache", feature = "api-key", feature = "jwt"))]
+use http::{HeaderMap, HeaderName};
 
 // ---------------------------------------------------------------- Host and authority
 
