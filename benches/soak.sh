@@ -8,7 +8,7 @@
 #   PROFILE=debug bash benches/soak.sh           # the debug build
 #
 # Starts `examples/production` (release) with benches/soak.toml: in-memory rate
-# limiter and cache with LOW caps (20 000 keys, 5 000 entries / 4 MiB), 127.0.0.1
+# limiter and cache with LOW caps (2 000 keys, 1 000 entries / 1 MiB), 127.0.0.1
 # trusted as the load balancer. wrk (benches/soak.lua) sends every request with a
 # random X-Forwarded-For (a new client key each time) to /hello or one of a million
 # /items/{id}, so both caps are reached within seconds and evictions run from then on.
