@@ -773,3 +773,12 @@ mod tests {
         assert!(layer.unwrap().is_none());
     }
 }
+
+/// The strict host parser, for [`crate::fuzzing`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_access {
+    /// The normalised host and port, or why the value was refused.
+    pub(crate) fn host(raw: &str) -> Result<(String, Option<u16>), &'static str> {
+        super::parse_host(raw).map(|h| (h.host, h.port))
+    }
+}

@@ -59,6 +59,9 @@ mod civil;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod outcome;
 pub mod problem;

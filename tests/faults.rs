@@ -11,8 +11,15 @@
 //! * the stack recovers by itself within about one breaker interval after Redis
 //!   returns (cache filling again, `/ready` green).
 //!
-//! A last test drains a real TCP server: slow in-flight responses complete after
-//! `Palisade::shutdown()` + axum's graceful shutdown, and `/ready` fails first.
+//! Then:
+//! * pool exhaustion: 500 concurrent requests on ONE pooled connection, healthy,
+//!   with Redis frozen, and after: every one answered within the same bound;
+//! * graceful shutdown of a real TCP server: slow in-flight responses complete
+//!   after `Palisade::shutdown()` + axum's graceful shutdown, and `/ready` fails
+//!   first;
+//! * background tasks stop on shutdown: JWKS refresh (no more fetches), a cache
+//!   revalidation in flight (cancelled) and the limiter cleanup; the runtime's
+//!   alive-task count returns to what it was before the stack was built.
 #![cfg(all(
     feature = "redis",
     feature = "cache",
@@ -515,4 +522,272 @@ async fn graceful_shutdown_fails_ready_first_and_completes_in_flight_streams() {
     assert!(drained.elapsed() < Duration::from_secs(5));
     // New connections are refused once it has stopped.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+// ---------------------------------------------------------------- pool exhaustion
+
+/// `concurrent` requests at once, each on its own task, against a stack on a pool
+/// of ONE multiplexed connection: (status counts, max latency in ms, hung).
+async fn burst(app: &Router, concurrent: usize) -> (BTreeMap<u16, usize>, f64, usize) {
+    let tasks: Vec<_> = (0..concurrent)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let path = if i % 2 == 0 {
+                    format!("/items/{}", i % 64)
+                } else {
+                    "/hello".to_owned()
+                };
+                let started = Instant::now();
+                let res = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    app.oneshot(request(&path, (i % 200) as u8)),
+                )
+                .await;
+                match res {
+                    Ok(res) => {
+                        let res = res.unwrap();
+                        let status = res.status().as_u16();
+                        let _ = res.into_body().collect().await;
+                        Some((status, started.elapsed().as_secs_f64() * 1000.0))
+                    }
+                    Err(_) => None,
+                }
+            })
+        })
+        .collect();
+    let mut statuses = BTreeMap::new();
+    let (mut max, mut hung) = (0f64, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Some((status, ms)) => {
+                *statuses.entry(status).or_insert(0) += 1;
+                max = max.max(ms);
+            }
+            None => hung += 1,
+        }
+    }
+    (statuses, max, hung)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_exhaustion_more_requests_than_connections_never_deadlocks() {
+    let _serial = SERIAL.lock().await;
+    let redis = support::RedisServer::start_owned();
+    // A longer command deadline than the other scenarios: 500 requests at once on a
+    // shared 2-core machine may queue for the CPU longer than 200 ms, and a healthy
+    // Redis must not count as a failed one here.
+    const POOL_TIMEOUT_MS: u64 = 1000;
+    let toml = config(redis.url(), "deny")
+        .replace("pool_size = 4", "pool_size = 1")
+        .replace(
+            &format!("timeout_ms = {TIMEOUT_MS}\n"),
+            &format!("timeout_ms = {POOL_TIMEOUT_MS}\n"),
+        );
+    assert!(toml.contains("timeout_ms = 1000"));
+    let p = Palisade::from_config(Config::from_toml_str(&toml).unwrap())
+        .await
+        .unwrap();
+    let app: Router = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/items/{id}",
+            get(|Path(id): Path<String>| async move { format!("item {id}") }),
+        )
+        .merge(p.routes())
+        .layer(p.layer());
+    let bound = (POOL_TIMEOUT_MS + MARGIN_MS) as f64;
+    // Healthy: 500 concurrent requests (each a limiter script and, for half, a
+    // cache read and write) share one connection; with `deny`, any request the
+    // limiter could not decide in time would be a 503.
+    while ready(&app).await != StatusCode::OK {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (healthy, healthy_max, hung) = burst(&app, 500).await;
+    assert_eq!(hung, 0);
+    assert_eq!(
+        healthy.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{healthy:?}"
+    );
+    // Frozen Redis: 500 concurrent requests, every one answered (503, as `deny`
+    // asks) within one command timeout plus margin: no queue without a bound.
+    redis.pause();
+    let (frozen, frozen_max, hung) = burst(&app, 500).await;
+    redis.resume();
+    assert_eq!(hung, 0, "requests without an answer");
+    assert!(frozen.keys().all(|&s| s == 200 || s == 503), "{frozen:?}");
+    assert!(frozen.get(&503).copied().unwrap_or(0) > 0, "{frozen:?}");
+    // And back: the same burst is served in full again.
+    let back = Instant::now();
+    while ready(&app).await != StatusCode::OK {
+        assert!(back.elapsed() < Duration::from_secs(5), "never recovered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (after, after_max, hung) = burst(&app, 500).await;
+    assert_eq!(hung, 0);
+    assert_eq!(
+        after.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{after:?}"
+    );
+    eprintln!(
+        "RELIABILITY pool exhaustion (pool_size 1, 500 concurrent): healthy {healthy:?} max {healthy_max:.1} ms; \
+         frozen {frozen:?} max {frozen_max:.1} ms; after {after:?} max {after_max:.1} ms"
+    );
+    for (what, max) in [
+        ("healthy", healthy_max),
+        ("frozen", frozen_max),
+        ("after", after_max),
+    ] {
+        assert!(max <= bound, "{what}: max latency {max} ms > {bound} ms");
+    }
+}
+
+// ---------------------------------------------------------------- background tasks stop
+
+/// A JWKS endpoint on 127.0.0.1 that counts its fetches and closes every
+/// connection (so no keep-alive connection task outlives a fetch).
+async fn start_jwks_server(hits: Arc<AtomicUsize>) -> String {
+    let app = Router::new().route(
+        "/jwks",
+        get(move || async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            ([("connection", "close")], r#"{"keys":[]}"#)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/jwks")
+}
+
+/// Drops count the refreshes that were cancelled.
+struct DropCounter(Arc<AtomicUsize>);
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_jwks_refresh_cache_revalidation_and_limiter_cleanup() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let jwks_hits = Arc::new(AtomicUsize::new(0));
+    let jwks_url = start_jwks_server(jwks_hits.clone()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let baseline = metrics.num_alive_tasks();
+
+    let toml = format!(
+        r#"
+[rate_limit]
+backend = "memory"
+[[rate_limit.policies]]
+name = "per-ip"
+key = "ip"
+limit = 1000
+period_s = 1
+
+[auth.jwt]
+algorithms = ["RS256"]
+jwks_url = "{jwks_url}"
+jwks_refresh_s = 1
+jwks_cooldown_s = 1
+[[auth.rules]]
+paths = ["/me"]
+require = "jwt"
+
+[cache]
+backend = "memory"
+stale_while_revalidate_s = 60
+[[cache.rules]]
+paths = ["/items/{{id}}"]
+ttl_s = 1
+
+[logging]
+access_log = false
+"#
+    );
+    let p = Palisade::from_config(Config::from_toml_str(&toml).unwrap())
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let (c, d) = (calls.clone(), cancelled.clone());
+    let app: Router = Router::new()
+        .route(
+            "/items/{id}",
+            get(move || {
+                let (c, d) = (c.clone(), d.clone());
+                async move {
+                    if c.fetch_add(1, Ordering::SeqCst) > 0 {
+                        // The background refresh: hangs until it is cancelled.
+                        let _guard = DropCounter(d);
+                        std::future::pending::<()>().await;
+                    }
+                    "item"
+                }
+            }),
+        )
+        .merge(p.routes())
+        .layer(p.layer());
+    let started = metrics.num_alive_tasks();
+    assert!(
+        started >= baseline + 2,
+        "limiter cleanup and JWKS refresh run: {baseline} -> {started}"
+    );
+
+    // JWKS refresh: fetched at start-up, then every second in the background.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(jwks_hits.load(Ordering::SeqCst) >= 3, "JWKS refreshes");
+
+    // Cache revalidation: fill, let it go stale, then a stale hit starts a refresh
+    // that hangs in the handler.
+    let get_item = || async {
+        let res = app.clone().oneshot(request("/items/1", 1)).await.unwrap();
+        let status = res.extensions().get::<CacheOutcome>().map(|o| o.status);
+        let _ = res.into_body().collect().await;
+        status
+    };
+    assert_eq!(get_item().await, Some(CacheStatus::Miss));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get_item().await, Some(CacheStatus::Stale));
+    let refresh_started = Instant::now();
+    while calls.load(Ordering::SeqCst) < 2 {
+        assert!(refresh_started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cancelled.load(Ordering::SeqCst), 0);
+    let running = metrics.num_alive_tasks();
+
+    // Shutdown: every background task stops, none is left behind.
+    p.shutdown();
+    let stopped = Instant::now();
+    let mut alive = metrics.num_alive_tasks();
+    while alive > baseline && stopped.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        alive = metrics.num_alive_tasks();
+    }
+    let settled = stopped.elapsed();
+    assert_eq!(
+        cancelled.load(Ordering::SeqCst),
+        1,
+        "the refresh was cancelled"
+    );
+    let hits = jwks_hits.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    eprintln!(
+        "RELIABILITY shutdown: tasks {baseline} before the stack, {started} built, {running} with a refresh in flight, \
+         {alive} {settled:?} after shutdown(); JWKS fetches {hits} then {} 2.5 s later",
+        jwks_hits.load(Ordering::SeqCst)
+    );
+    assert_eq!(alive, baseline, "background tasks left after shutdown");
+    assert_eq!(
+        jwks_hits.load(Ordering::SeqCst),
+        hits,
+        "no JWKS fetch after shutdown"
+    );
+    assert_eq!(metrics.num_alive_tasks(), baseline);
+    // The stack still serves while the server drains.
+    assert_eq!(get_item().await, Some(CacheStatus::Stale));
 }

@@ -1270,3 +1270,22 @@ mod tests {
         );
     }
 }
+
+/// The credential parsers, for [`crate::fuzzing`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_access {
+    #[cfg(feature = "jwt")]
+    pub(crate) use super::jwt::{JwtError, JwtVerifier};
+    use http::{HeaderMap, HeaderName};
+
+    pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ()> {
+        super::bearer_token(headers)
+    }
+
+    pub(crate) fn api_key<'a>(
+        headers: &'a HeaderMap,
+        name: &HeaderName,
+    ) -> Result<Option<&'a str>, ()> {
+        super::single_header(headers, name)
+    }
+}

@@ -453,3 +453,11 @@ impl Store {
 pub(crate) fn outcome(status: crate::outcome::CacheStatus, reason: &'static str) -> CacheOutcome {
     CacheOutcome { status, reason }
 }
+
+/// The cache's parsers of client and stored input, for [`crate::fuzzing`] only.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_access {
+    pub(crate) use super::entry::{Kind, ResponseData, Stored};
+    pub(crate) use super::key::{KeyBuilder, normalise_query, validate_host};
+    pub(crate) use super::policy::{ResponseDirectives, vary_names};
+}
