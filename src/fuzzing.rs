@@ -219,6 +219,13 @@ pub enum EntryKind {
 /// is not one (100..=999).
 #[cfg(feature = "cache")]
 pub fn encode_entry(entry: &Entry) -> Option<Vec<u8>> {
+    encode_entry_with(entry, 0)
+}
+
+/// Encodes `entry` as the Redis backend does with `compress_min_bytes =
+/// compress_min` (0: never compressed).
+#[cfg(feature = "cache")]
+pub fn encode_entry_with(entry: &Entry, compress_min: usize) -> Option<Vec<u8>> {
     use crate::cache::fuzz_access::{Kind, ResponseData, Stored};
     let kind = match &entry.kind {
         EntryKind::Variants(names) => Kind::Variants(names.clone()),
@@ -246,7 +253,7 @@ pub fn encode_entry(entry: &Entry) -> Option<Vec<u8>> {
             tags: entry.tags.clone(),
             kind,
         }
-        .encode(),
+        .encode(compress_min),
     )
 }
 
@@ -287,6 +294,6 @@ pub const ENTRY_CHECKSUM_LEN: usize = 8;
 #[cfg(feature = "cache")]
 pub fn seal_entry(payload: &[u8]) -> Vec<u8> {
     let mut out = payload.to_vec();
-    out.extend_from_slice(&blake3::hash(payload).as_bytes()[..ENTRY_CHECKSUM_LEN]);
+    out.extend_from_slice(&crate::cache::fuzz_access::checksum(payload));
     out
 }

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use palisade::fuzzing::{
     ENTRY_CHECKSUM_LEN, Entry, EntryKind, Hs256Verifier, api_key, bearer_token, cache_key,
-    decode_entry, encode_entry, normalise_query, parse_host, seal_entry,
+    decode_entry, encode_entry, encode_entry_with, normalise_query, parse_host, seal_entry,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -86,6 +86,17 @@ proptest! {
     #[test]
     fn entries_round_trip(e in entry()) {
         let bytes = encode_entry(&e).unwrap();
+        prop_assert_eq!(decode_entry(&bytes), Some(e));
+    }
+
+    #[test]
+    fn entries_round_trip_with_compression_allowed(e in entry(), repeat in 0usize..64) {
+        // A repeated body compresses: exercises the LZ4 path as well as the skip.
+        let mut e = e;
+        if let EntryKind::Response { body, .. } = &mut e.kind {
+            *body = body.repeat(repeat);
+        }
+        let bytes = encode_entry_with(&e, 1).unwrap();
         prop_assert_eq!(decode_entry(&bytes), Some(e));
     }
 

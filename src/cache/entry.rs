@@ -334,7 +334,7 @@ fn decompress(packed: &[u8]) -> Option<Bytes> {
 /// original in any single word (any one flipped bit, say) always has a different
 /// checksum; the length seeds `h` and a final avalanche (also a bijection) spreads
 /// the bits.
-fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
+pub(crate) fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let step = |h: u64, w: [u8; 8]| (h.rotate_left(23) ^ u64::from_le_bytes(w)).wrapping_mul(K);
     let mut h = (bytes.len() as u64).wrapping_mul(K);

@@ -457,7 +457,7 @@ pub(crate) fn outcome(status: crate::outcome::CacheStatus, reason: &'static str)
 /// The cache's parsers of client and stored input, for [`crate::fuzzing`] only.
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_access {
-    pub(crate) use super::entry::{Kind, ResponseData, Stored};
+    pub(crate) use super::entry::{Kind, ResponseData, Stored, checksum};
     pub(crate) use super::key::{KeyBuilder, normalise_query, validate_host};
     pub(crate) use super::policy::{ResponseDirectives, vary_names};
 }
