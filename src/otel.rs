@@ -160,9 +160,9 @@ pub fn shutdown() {
 /// Called by the access log right after it created `span` for `req`: sets the
 /// remote parent from `traceparent` and the request attributes.
 #[inline]
-pub(crate) fn on_request(span: &Span, req: &Request) {
+pub(crate) fn on_request(span: &Span, req: &Request, redact: &[Box<str>]) {
     if ACTIVE.load(Ordering::Relaxed) && !span.is_disabled() {
-        start(span, req);
+        start(span, req, redact);
     }
 }
 
@@ -177,7 +177,7 @@ pub(crate) fn on_response(span: &Span, status: u16) {
     }
 }
 
-fn start(span: &Span, req: &Request) {
+fn start(span: &Span, req: &Request, redact: &[Box<str>]) {
     if let Some(parent) = remote_parent(req) {
         // Fails only if the span was already started, which the access log never does.
         let _ = span.set_parent(Context::new().with_remote_span_context(parent));
@@ -187,6 +187,14 @@ fn start(span: &Span, req: &Request) {
         span.set_attribute("http.route", route.as_str().to_owned());
     }
     span.set_attribute("url.scheme", client_info(req).scheme.as_str());
+    span.set_attribute("url.path", req.uri().path().to_owned());
+    if let Some(query) = req.uri().query() {
+        // The same redaction as the access log: secrets never leave in a span either.
+        span.set_attribute(
+            "url.query",
+            crate::trace::RedactedQuery(query, redact).to_string(),
+        );
+    }
 }
 
 /// OpenTelemetry's known methods; anything else is `_OTHER`.

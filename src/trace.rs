@@ -233,7 +233,7 @@ where
         let start = Instant::now();
         let span = request_span(&req);
         #[cfg(feature = "otel")]
-        crate::otel::on_request(&span, &req);
+        crate::otel::on_request(&span, &req, &self.settings.redact);
         let request = RequestFields::of(&req, &self.settings, span.is_disabled());
         let inner = {
             let _entered = span.enter();
@@ -685,7 +685,7 @@ fn param_name(pair: &str) -> &str {
 
 /// A query string that displays with the values of the named parameters replaced by
 /// `[REDACTED]`, written straight into the log line (no copy of the query).
-struct RedactedQuery<'a>(&'a str, &'a [Box<str>]);
+pub(crate) struct RedactedQuery<'a>(pub(crate) &'a str, pub(crate) &'a [Box<str>]);
 
 impl fmt::Display for RedactedQuery<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
