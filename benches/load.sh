@@ -72,12 +72,17 @@ run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_re
   local variant=$1 port route
   port=$(free_port)
   route=$(route_of "$variant")
+  # The API key goes only to the route whose auth rule wants it: a credential on a
+  # cached route makes the cache bypass (`detail=credentials`), which would turn the
+  # cache-hit variant into a miss on every request.
+  local hdr=()
+  [ "$route" = /hello ] && hdr=(-H "$API_KEY_HEADER")
   # shellcheck disable=SC2046
   PALISADE_SERVER__BIND="127.0.0.1:$port" taskset -c "$SERVER_CPU" "$BIN" $(args_of "$variant") >/dev/null 2>"$OUT/server.err" &
   SERVER_PID=$!
   local up=""
   for _ in $(seq 200); do
-    if curl -fs --max-time 1 -H "$API_KEY_HEADER" "http://127.0.0.1:$port$route" >/dev/null 2>&1; then up=1; break; fi
+    if curl -fs --max-time 1 "${hdr[@]}" "http://127.0.0.1:$port$route" >/dev/null 2>&1; then up=1; break; fi
     sleep 0.05
   done
   if [ -z "$up" ]; then
@@ -85,10 +90,14 @@ run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_re
     cat "$OUT/server.err" >&2
     exit 1
   fi
-  timeout $((WARMUP + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H "$API_KEY_HEADER" "http://127.0.0.1:$port$route" >/dev/null
+  timeout $((WARMUP + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" "http://127.0.0.1:$port$route" >/dev/null
+  if [ "$variant" = redis-cache-hit ] && ! curl -fsD - -o /dev/null "http://127.0.0.1:$port$route" | grep -qi "^x-cache: HIT"; then
+    echo "load.sh: $variant is not served from the cache" >&2
+    exit 1
+  fi
   local t0 t1
   t0=$(cpu_ticks "$SERVER_PID")
-  timeout $((DURATION + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$API_KEY_HEADER" "http://127.0.0.1:$port$route" >"$OUT/wrk.txt"
+  timeout $((DURATION + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$port$route" >"$OUT/wrk.txt"
   t1=$(cpu_ticks "$SERVER_PID")
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
   python3 - "$variant" "$OUT/wrk.txt" "$((t1 - t0))" "$(getconf CLK_TCK)" >>"$OUT/results" <<'PY'
