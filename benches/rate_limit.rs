@@ -317,6 +317,87 @@ fn callgrind(iters: u32) {
     }
 }
 
+/// Interleaved, paired timing of the in-memory decision (`PAIRED_ROUNDS`, default 31;
+/// `PAIRED_BATCH`, default 20 000; `PAIRED_ROUNDS=0` skips it). Criterion times one
+/// variant after the other, and on a shared VM the background drifts by more than the
+/// difference being measured; here each round times a batch of palisade and a batch of
+/// tower_governor back to back (alternating which goes first), and the ratio is the
+/// median over rounds of the two batches' ratio.
+fn paired_memory() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (rounds, batch) = (env("PAIRED_ROUNDS", 31), env("PAIRED_BATCH", 20_000) as u32);
+    if rounds == 0 {
+        return;
+    }
+    println!(
+        "\npaired timing, in-memory decision: {rounds} rounds x {batch} calls, alternating order"
+    );
+    println!(
+        "| keys | palisade ns (median) | tower_governor ns (median) | ratio (median) | ratio min..max |"
+    );
+    println!("|---|---|---|---|---|");
+    for (name, keys) in [("one_key", 1u32), ("10k_keys", 10_000)] {
+        let mut svc = palisade_layer("").layer(noop_service());
+        let config = tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1000)
+            .burst_size(1_000_000_000)
+            .use_headers()
+            .finish()
+            .unwrap();
+        let mut gov = tower_governor::GovernorLayer::new(Arc::new(config)).layer(noop_service());
+        let mut time_palisade = || {
+            let start = std::time::Instant::now();
+            for i in 0..batch {
+                black_box(one_palisade(&mut svc, 0x0a00_0000 + i % keys));
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(batch)
+        };
+        let mut time_governor = || {
+            let start = std::time::Instant::now();
+            for i in 0..batch {
+                black_box(one_governor(&mut gov, 0x0a00_0000 + i % keys));
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(batch)
+        };
+        // Warm both maps with every key.
+        time_palisade();
+        time_governor();
+        let (mut p, mut g, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (a, b) = if round % 2 == 0 {
+                let a = time_palisade();
+                (a, time_governor())
+            } else {
+                let b = time_governor();
+                (time_palisade(), b)
+            };
+            p.push(a);
+            g.push(b);
+            r.push(a / b);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (lo, hi) = (
+            r.iter().copied().fold(f64::MAX, f64::min),
+            r.iter().copied().fold(f64::MIN, f64::max),
+        );
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} | {lo:.2}..{hi:.2} |",
+            median(&mut p),
+            median(&mut g),
+            median(&mut r)
+        );
+    }
+    println!();
+}
+
 #[cfg(feature = "redis")]
 criterion_group!(benches, memory, redis_bench::redis);
 #[cfg(not(feature = "redis"))]
@@ -329,6 +410,7 @@ fn main() {
     {
         return callgrind(iters);
     }
+    paired_memory();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

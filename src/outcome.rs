@@ -4,8 +4,46 @@
 //! **response** extensions; the access log and metrics, outermost, read them. This
 //! keeps the layers independent: none calls another, and a user's own layer can read
 //! the same records.
+//!
+//! The rate-limit and auth layers, which decide most requests without waiting, attach
+//! their record to an admitted request's response only when someone will read it:
+//! when the request carries the [`RecordOutcomes`] marker. The access-log and metrics
+//! layers insert it; a layer of your own that reads the records inserts it too. Used
+//! without a reader, those layers then allocate nothing for records nobody reads
+//! (the first extension of a response costs three allocations). Rejections and the
+//! cache always carry their record.
+//!
+//! ```
+//! use axum::{Router, extract::Request, middleware::{self, Next}, routing::get};
+//! use palisade::outcome::{RateLimitOutcome, RecordOutcomes};
+//!
+//! async fn audit(mut req: Request, next: Next) -> axum::response::Response {
+//!     req.extensions_mut().insert(RecordOutcomes);
+//!     let res = next.run(req).await;
+//!     if let Some(rl) = res.extensions().get::<RateLimitOutcome>() {
+//!         println!("rate limit: limited={} policy={}", rl.limited, rl.policy);
+//!     }
+//!     res
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hi" }))
+//!     .layer(middleware::from_fn(audit));
+//! ```
 
 use std::sync::Arc;
+
+/// Request extension: asks palisade's layers below to attach their outcome records
+/// ([`RateLimitOutcome`], [`AuthOutcome`], [`CacheOutcome`]) to the response. A
+/// zero-sized marker: inserting it allocates nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordOutcomes;
+
+/// Whether a layer should attach its outcome record to this request's response.
+#[inline]
+pub(crate) fn wanted(request_extensions: &http::Extensions) -> bool {
+    request_extensions.get::<RecordOutcomes>().is_some()
+}
 
 /// The rate limiter's verdict for one request (the most restrictive policy).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,7 +96,7 @@ use crate::client_ip::client_info;
 use crate::config::LoggingConfig;
 use crate::config::logging::ClientErrorLevel;
 use crate::error::ConfigError;
-use crate::outcome::{AuthOutcome, CacheOutcome, RateLimitOutcome};
+use crate::outcome::{AuthOutcome, CacheOutcome, RateLimitOutcome, RecordOutcomes};
 use crate::problem::Rejection;
 use crate::route_match::RouteMatcher;
 use crate::stack::BuildContext;
@@ -220,7 +220,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let settings = &*self.settings;
         if let Some(exclude) = &settings.exclude
             && exclude.matches_path(req.uri().path())
@@ -231,6 +231,7 @@ where
             };
         }
         let start = Instant::now();
+        req.extensions_mut().insert(RecordOutcomes);
         let span = request_span(&req);
         #[cfg(feature = "otel")]
         crate::otel::on_request(&span, &req, &self.settings.redact);

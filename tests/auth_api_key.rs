@@ -12,7 +12,7 @@ use axum::routing::get;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use palisade::auth::{ApiKeyRecord, ApiKeyStore, ApiKeyStoreError, AuthLayer, KeyDigest, Require};
-use palisade::outcome::AuthOutcome;
+use palisade::outcome::{AuthOutcome, RecordOutcomes};
 use palisade::problem::Rejection;
 use palisade::stack::BuildContext;
 use palisade::{Config, Identity};
@@ -94,7 +94,9 @@ struct Reply {
 }
 
 async fn send(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::get(uri);
+    // The outcome record is attached only when asked for (the access log and metrics
+    // layers ask); these tests read it.
+    let mut req = Request::get(uri).extension(RecordOutcomes);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -495,4 +497,29 @@ async fn timing_wrong_and_unknown_keys_cost_the_same() {
         );
         assert!(rel < 0.15, "q{q}: wrong {a} ns vs unknown {b} ns");
     }
+}
+
+#[tokio::test]
+async fn an_admitted_request_carries_its_record_only_when_asked() {
+    let app = app().await;
+    let req = |record: bool| {
+        let mut req = Request::get("/admin/stats").header("x-api-key", ADMIN_KEY);
+        if record {
+            req = req.extension(RecordOutcomes);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let res = app.clone().oneshot(req(false)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.extensions().get::<AuthOutcome>().is_none());
+    let res = app.clone().oneshot(req(true)).await.unwrap();
+    assert_eq!(res.extensions().get::<AuthOutcome>().unwrap().outcome, "ok");
+    // A rejection always carries it.
+    let res = app
+        .clone()
+        .oneshot(Request::get("/admin/stats").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.extensions().get::<AuthOutcome>().is_some());
 }

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use palisade::auth::{AuthLayer, Claims};
-use palisade::outcome::AuthOutcome;
+use palisade::outcome::{AuthOutcome, RecordOutcomes};
 use palisade::stack::BuildContext;
 use palisade::{Config, Identity};
 use serde::Deserialize;
@@ -140,7 +140,8 @@ struct Reply {
 }
 
 async fn get_with(app: &Router, uri: &str, token: Option<&str>) -> Reply {
-    let mut req = Request::get(uri);
+    // Ask for the outcome record, as the access log and metrics layers do.
+    let mut req = Request::get(uri).extension(RecordOutcomes);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }

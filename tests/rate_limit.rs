@@ -16,7 +16,7 @@ use http::{Request, StatusCode};
 use palisade::client_ip::{ClientIpLayer, TrustedProxies};
 use palisade::config::RateLimitConfig;
 use palisade::identity::{Identity, IdentityKind};
-use palisade::outcome::RateLimitOutcome;
+use palisade::outcome::{RateLimitOutcome, RecordOutcomes};
 use palisade::problem::Rejection;
 use palisade::rate_limit::{RateLimitLayer, RateLimitStages};
 use palisade::stack::BuildContext;
@@ -62,6 +62,12 @@ fn req_to(path: &str, ip: &str) -> Request<Body> {
     let mut req = Request::get(path).body(Body::empty()).unwrap();
     let addr = SocketAddr::new(ip.parse().unwrap(), 40000);
     req.extensions_mut().insert(ConnectInfo(addr));
+    req
+}
+
+/// The request, asking for the layers' outcome records (as the access log does).
+fn recorded(mut req: Request<Body>) -> Request<Body> {
+    req.extensions_mut().insert(RecordOutcomes);
     req
 }
 
@@ -284,7 +290,7 @@ async fn shadow_mode_reports_but_lets_through() {
         mode = "shadow"
     "#);
     assert_eq!(send(&app, req_from("192.0.2.1")).await.status(), 200);
-    let res = send(&app, req_from("192.0.2.1")).await;
+    let res = send(&app, recorded(req_from("192.0.2.1"))).await;
     assert_eq!(res.status(), 200);
     let outcome = res.extensions().get::<RateLimitOutcome>().unwrap();
     assert!(!outcome.limited);
@@ -680,4 +686,27 @@ async fn cleanup_task_stops_on_shutdown() {
     tokio::time::sleep(Duration::from_secs(130)).await;
     // Without the task only the insert-time sweep (at the cap) would remove it.
     assert_eq!(layer.memory_keys(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_admitted_request_carries_its_record_only_when_asked() {
+    let app = app(r#"
+        [[policies]]
+        name = "per-ip"
+        limit = 2
+        period_s = 10
+    "#);
+    let res = send(&app, req_from("192.0.2.1")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "ratelimit"), "\"per-ip\";r=1;t=5");
+    assert!(res.extensions().get::<RateLimitOutcome>().is_none());
+    let res = send(&app, recorded(req_from("192.0.2.1"))).await;
+    assert_eq!(res.status(), 200);
+    let outcome = res.extensions().get::<RateLimitOutcome>().unwrap();
+    assert!(!outcome.limited);
+    assert_eq!(&*outcome.policy, "per-ip");
+    // A rejection always carries it.
+    let res = send(&app, req_from("192.0.2.1")).await;
+    assert_eq!(res.status(), 429);
+    assert!(res.extensions().get::<RateLimitOutcome>().unwrap().limited);
 }

@@ -104,7 +104,7 @@ use crate::config::AuthConfig;
 use crate::config::auth::AuthRuleConfig;
 use crate::error::ConfigError;
 use crate::identity::{Identity, IdentityKind};
-use crate::outcome::AuthOutcome;
+use crate::outcome::{self, AuthOutcome};
 use crate::problem::Problem;
 use crate::route_match::RouteMatcher;
 use crate::shutdown::Shutdown;
@@ -1089,14 +1089,18 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let (mut parts, body) = req.into_parts();
+        // Rejections always carry their outcome (the response has extensions already);
+        // an admitted request's is attached only when someone reads it.
+        let record = outcome::wanted(&parts.extensions);
         // Most requests (no credential, a malformed one, an in-memory API key) are
         // decided without waiting: no boxed future, no clone of the inner service.
         if let Some(verdict) = self.state.decide_now(&parts) {
             return match admit(verdict, &mut parts) {
                 Err(res) => ResponseFuture::ready(res),
-                Ok(out) => {
-                    ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)), out)
-                }
+                Ok(out) => ResponseFuture::inner(
+                    self.inner.call(Request::from_parts(parts, body)),
+                    record.then_some(out),
+                ),
             };
         }
         let clone = self.inner.clone();
@@ -1110,7 +1114,9 @@ where
                 Ok(out) => out,
             };
             let mut res = inner.call(Request::from_parts(parts, body)).await?;
-            res.extensions_mut().insert(out);
+            if record {
+                res.extensions_mut().insert(out);
+            }
             Ok(res)
         }))
     }
@@ -1160,12 +1166,9 @@ impl<F> ResponseFuture<F> {
             kind: Kind::Ready { res: Some(res) },
         }
     }
-    fn inner(future: F, out: AuthOutcome) -> Self {
+    fn inner(future: F, out: Option<AuthOutcome>) -> Self {
         Self {
-            kind: Kind::Inner {
-                future,
-                out: Some(out),
-            },
+            kind: Kind::Inner { future, out },
         }
     }
     fn boxed(future: BoxFuture) -> Self {

@@ -184,7 +184,7 @@ use crate::config::rate_limit::{
 };
 use crate::error::ConfigError;
 use crate::identity::Identity;
-use crate::outcome::RateLimitOutcome;
+use crate::outcome::{self, RateLimitOutcome, RecordOutcomes};
 use crate::problem::Problem;
 use crate::route_match::RouteMatcher;
 use crate::stack::BuildContext;
@@ -284,6 +284,9 @@ struct Stage {
     shared: Arc<Shared>,
     policies: Vec<Policy>,
     after_auth: bool,
+    /// An after-auth stage runs inside this (before-auth) one: its verdict, read
+    /// from the response, decides whether this stage refunds.
+    inner_stage: bool,
 }
 
 /// Layer for `[rate_limit]`: one stage of the limiter (see [`RateLimitStages`]).
@@ -295,14 +298,17 @@ pub struct RateLimitLayer {
 /// One policy's result for one request.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    policy: usize,
+    /// The policy's index in its stage.
+    policy: u16,
     /// The request's value for the policy's key.
     value: KeyValue,
     /// How far the TAT lies ahead after the decision, in the backend's ticks.
     used_after: u64,
     allowed: bool,
-    remaining: u64,
-    reset_s: u64,
+    /// At most `burst` (≤ 10⁹).
+    remaining: u32,
+    /// At most the burst tolerance in seconds (≤ ten years).
+    reset_s: u32,
 }
 
 /// The entries of one request, inline for up to three policies: no allocation on
@@ -319,6 +325,8 @@ struct Verdict {
     limited: bool,
     shadow_limited: bool,
     retry_s: u64,
+    /// Whether to attach a [`RateLimitOutcome`] to the response (someone reads it).
+    record: bool,
 }
 
 impl RateLimitLayer {
@@ -401,12 +409,14 @@ impl RateLimitLayer {
             allow_ids,
         });
         spawn_cleanup(&shared, ctx);
+        let has_after = !after.is_empty();
         let stage = |policies: Vec<Policy>, after_auth| {
             (!policies.is_empty()).then(|| RateLimitLayer {
                 stage: Arc::new(Stage {
                     shared: shared.clone(),
                     policies,
                     after_auth,
+                    inner_stage: !after_auth && has_after,
                 }),
             })
         };
@@ -604,7 +614,7 @@ impl Stage {
                 .or_else(|| p.fallback.as_ref()?.extract(req, shared.ipv6_prefix));
             if let Some(v) = value {
                 out.push(Entry {
-                    policy: i,
+                    policy: i as u16, // i < MAX_POLICIES
                     value: v,
                     used_after: 0,
                     allowed: true,
@@ -624,11 +634,8 @@ impl Stage {
         let mut v = Verdict::default();
         let mut retry_ns = 0;
         for e in &mut entries {
-            let p = &self.policies[e.policy];
-            let key = MemKey {
-                policy: p.index,
-                value: e.value,
-            };
+            let p = &self.policies[usize::from(e.policy)];
+            let key = MemKey::new(p.index, e.value);
             let d = shared.memory.check(key, p.q_ns, p.cost, now);
             if !d.allowed {
                 if p.shadow {
@@ -653,11 +660,8 @@ impl Stage {
     /// quota as it is after the refund.
     fn refund_memory(&self, v: &mut Verdict) {
         for e in v.entries.iter_mut().filter(|e| e.allowed) {
-            let p = &self.policies[e.policy];
-            let key = MemKey {
-                policy: p.index,
-                value: e.value,
-            };
+            let p = &self.policies[usize::from(e.policy)];
+            let key = MemKey::new(p.index, e.value);
             self.shared.memory.refund(key, p.q_ns, p.cost);
             let d = gcra::Decision {
                 allowed: true,
@@ -684,8 +688,8 @@ impl Stage {
         let violated: Vec<serde_json::Value> = v
             .entries
             .iter()
-            .filter(|e| !e.allowed && !self.policies[e.policy].shadow)
-            .map(|e| serde_json::Value::from(&*self.policies[e.policy].name))
+            .filter(|e| !e.allowed && !self.policies[usize::from(e.policy)].shadow)
+            .map(|e| serde_json::Value::from(&*self.policies[usize::from(e.policy)].name))
             .collect();
         let mut res = Problem::new(StatusCode::TOO_MANY_REQUESTS)
             .type_uri(QUOTA_EXCEEDED)
@@ -710,6 +714,10 @@ impl Stage {
             RateLimitHeaders::Legacy => self.legacy_headers(res.headers_mut(), v),
             RateLimitHeaders::None => {}
         }
+        if !v.record && !v.limited {
+            // Nobody reads the record of an admitted request: no allocation for one.
+            return;
+        }
         let mine = self.outcome(v);
         let merged = match res.extensions_mut().remove::<RateLimitOutcome>() {
             Some(inner) if inner.limited || (!mine.limited && inner.shadow_limited) => {
@@ -732,10 +740,10 @@ impl Stage {
         let pick = v
             .entries
             .iter()
-            .find(|e| !e.allowed && !self.policies[e.policy].shadow)
+            .find(|e| !e.allowed && !self.policies[usize::from(e.policy)].shadow)
             .or_else(|| v.entries.iter().find(|e| !e.allowed))
             .or_else(|| v.entries.iter().min_by_key(|e| e.remaining))
-            .map_or(0, |e| e.policy);
+            .map_or(0, |e| usize::from(e.policy));
         RateLimitOutcome {
             limited: v.limited,
             shadow_limited: v.shadow_limited,
@@ -750,7 +758,10 @@ impl Stage {
             .entries
             .iter()
             .map(|e| {
-                self.policies[e.policy].name.len() + 8 + digits(e.remaining) + digits(e.reset_s)
+                self.policies[usize::from(e.policy)].name.len()
+                    + 8
+                    + digits(u64::from(e.remaining))
+                    + digits(u64::from(e.reset_s))
             })
             .sum::<usize>()
             + 2 * (v.entries.len() - 1);
@@ -760,7 +771,7 @@ impl Stage {
             if n > 0 {
                 state.extend_from_slice(b", ");
             }
-            let p = &self.policies[e.policy];
+            let p = &self.policies[usize::from(e.policy)];
             state.push(b'"');
             state.extend_from_slice(p.name.as_bytes());
             state.extend_from_slice(b"\";r=");
@@ -769,14 +780,16 @@ impl Stage {
             state.extend_from_slice(num.format(e.reset_s).as_bytes());
         }
         let policy = if v.entries.len() == 1 {
-            self.policies[v.entries[0].policy].policy_value.clone()
+            self.policies[usize::from(v.entries[0].policy)]
+                .policy_value
+                .clone()
         } else {
             let mut s = String::new();
             for (n, e) in v.entries.iter().enumerate() {
                 if n > 0 {
                     s.push_str(", ");
                 }
-                s.push_str(&self.policies[e.policy].policy_item);
+                s.push_str(&self.policies[usize::from(e.policy)].policy_item);
             }
             match HeaderValue::try_from(s) {
                 Ok(v) => v,
@@ -791,22 +804,23 @@ impl Stage {
     }
 
     fn legacy_headers(&self, headers: &mut HeaderMap, v: &Verdict) {
-        let Some(e) = v
-            .entries
-            .iter()
-            .min_by_key(|e| (e.allowed || self.policies[e.policy].shadow, e.remaining))
-        else {
+        let Some(e) = v.entries.iter().min_by_key(|e| {
+            (
+                e.allowed || self.policies[usize::from(e.policy)].shadow,
+                e.remaining,
+            )
+        }) else {
             return;
         };
         let theirs = headers
             .get(&X_REMAINING)
             .and_then(|h| h.to_str().ok()?.parse::<u64>().ok());
-        if theirs.is_some_and(|r| r <= e.remaining) {
+        if theirs.is_some_and(|r| r <= u64::from(e.remaining)) {
             return; // an inner stage's policy is tighter
         }
         headers.insert(
             X_LIMIT.clone(),
-            HeaderValue::from(self.policies[e.policy].limit),
+            HeaderValue::from(self.policies[usize::from(e.policy)].limit),
         );
         headers.insert(X_REMAINING.clone(), HeaderValue::from(e.remaining));
         headers.insert(X_RESET.clone(), HeaderValue::from(e.reset_s));
@@ -844,8 +858,9 @@ impl Entry {
     fn fill(&mut self, d: gcra::Decision, q: Quota, per_sec: u64) {
         self.used_after = d.used_after;
         self.allowed = d.allowed;
-        self.remaining = gcra::remaining(d.used_after, q);
-        self.reset_s = gcra::ceil_secs(gcra::next_unit(d.used_after, q), per_sec);
+        self.remaining = u32::try_from(gcra::remaining(d.used_after, q)).unwrap_or(u32::MAX);
+        self.reset_s = u32::try_from(gcra::ceil_secs(gcra::next_unit(d.used_after, q), per_sec))
+            .unwrap_or(u32::MAX);
     }
 }
 
@@ -879,7 +894,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let record = outcome::wanted(req.extensions());
         let items = self.stage.applicable(&req);
         if items.is_empty() {
             return ResponseFuture {
@@ -889,6 +905,10 @@ where
                 },
             };
         }
+        if self.stage.inner_stage && !record {
+            // The inner stage's record tells this one whether to refund.
+            req.extensions_mut().insert(RecordOutcomes);
+        }
         #[cfg(feature = "redis")]
         if self.stage.shared.redis.is_some() {
             let clone = self.inner.clone();
@@ -897,14 +917,14 @@ where
             return ResponseFuture {
                 state: State::Boxed {
                     fut: Box::pin(async move {
-                        let v = match stage.decide_redis(items).await {
+                        let mut v = match stage.decide_redis(items).await {
                             Ok(v) => v,
                             Err(res) => return Ok(*res),
                         };
+                        v.record = record;
                         if v.limited {
                             return Ok(stage.reject(&v));
                         }
-                        let mut v = v;
                         let mut res = inner.call(req).await?;
                         if stage.refused_inside(&res) {
                             stage.refund(&mut v).await;
@@ -916,7 +936,8 @@ where
             };
         }
         // In memory the decision is synchronous: no task, no box, no clone of `inner`.
-        let v = self.stage.decide_memory(items);
+        let mut v = self.stage.decide_memory(items);
+        v.record = record;
         if v.limited {
             return ResponseFuture {
                 state: State::Ready {

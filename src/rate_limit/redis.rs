@@ -219,7 +219,10 @@ impl Stage {
         let Some(backend) = shared.redis.as_ref() else {
             return Ok(self.decide_memory(entries));
         };
-        let items: Vec<(usize, KeyValue)> = entries.iter().map(|e| (e.policy, e.value)).collect();
+        let items: Vec<(usize, KeyValue)> = entries
+            .iter()
+            .map(|e| (usize::from(e.policy), e.value))
+            .collect();
         let items = &items[..];
         let result = if backend.pool.is_cluster() {
             self.run_grouped(backend, items).await
@@ -282,7 +285,7 @@ impl Stage {
             }
         }
         for (k, e) in entries.iter_mut().enumerate() {
-            let p = &self.policies[e.policy];
+            let p = &self.policies[usize::from(e.policy)];
             let mut d = decisions[k];
             if v.limited {
                 // Nothing this request took is kept: report the state before it.
@@ -308,7 +311,7 @@ impl Stage {
             .entries
             .iter()
             .filter(|e| e.allowed)
-            .map(|e| (e.policy, e.value))
+            .map(|e| (usize::from(e.policy), e.value))
             .collect();
         if committed.is_empty() {
             return;
@@ -328,7 +331,7 @@ impl Stage {
             return;
         }
         for e in v.entries.iter_mut().filter(|e| e.allowed) {
-            let p = &self.policies[e.policy];
+            let p = &self.policies[usize::from(e.policy)];
             let d = Decision {
                 allowed: true,
                 used_after: e.used_after.saturating_sub(p.q_us.interval * p.cost),
