@@ -79,6 +79,19 @@ fn palisade_layer(extra: &str) -> RateLimitLayer {
         .unwrap()
 }
 
+/// tower_governor on the same quota as [`palisade_layer`] (1 per µs, burst 10⁹), with
+/// its headers on, around the same no-op service.
+fn governor_service()
+-> impl Service<axum::extract::Request, Response = Response, Error: std::fmt::Debug> {
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1000)
+        .burst_size(1_000_000_000)
+        .use_headers()
+        .finish()
+        .unwrap();
+    tower_governor::GovernorLayer::new(Arc::new(config)).layer(noop_service())
+}
+
 fn memory(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory");
     for (name, keys) in [("one_key", 1u32), ("10k_keys", 10_000)] {
@@ -93,13 +106,7 @@ fn memory(c: &mut Criterion) {
             })
         });
 
-        let config = tower_governor::governor::GovernorConfigBuilder::default()
-            .per_nanosecond(1000)
-            .burst_size(1_000_000_000)
-            .use_headers()
-            .finish()
-            .unwrap();
-        let mut gov = tower_governor::GovernorLayer::new(Arc::new(config)).layer(noop_service());
+        let mut gov = governor_service();
         let mut i = 0u32;
         group.bench_function(format!("tower_governor/{name}"), |b| {
             b.iter(|| {
@@ -304,13 +311,7 @@ where
 /// ```
 fn callgrind(iters: u32) {
     let mut svc = palisade_layer("").layer(noop_service());
-    let config = tower_governor::governor::GovernorConfigBuilder::default()
-        .per_nanosecond(1000)
-        .burst_size(1_000_000_000)
-        .use_headers()
-        .finish()
-        .unwrap();
-    let mut gov = tower_governor::GovernorLayer::new(Arc::new(config)).layer(noop_service());
+    let mut gov = governor_service();
     for _ in 0..iters {
         assert_eq!(one_palisade(&mut svc, 0x0a00_0001).status(), 200);
         assert_eq!(one_governor(&mut gov, 0x0a00_0001).status(), 200);
@@ -343,13 +344,7 @@ fn paired_memory() {
     println!("|---|---|---|---|---|");
     for (name, keys) in [("one_key", 1u32), ("10k_keys", 10_000)] {
         let mut svc = palisade_layer("").layer(noop_service());
-        let config = tower_governor::governor::GovernorConfigBuilder::default()
-            .per_nanosecond(1000)
-            .burst_size(1_000_000_000)
-            .use_headers()
-            .finish()
-            .unwrap();
-        let mut gov = tower_governor::GovernorLayer::new(Arc::new(config)).layer(noop_service());
+        let mut gov = governor_service();
         let mut time_palisade = || {
             let start = std::time::Instant::now();
             for i in 0..batch {
