@@ -37,14 +37,20 @@ impl RedisServer {
 
     /// Always starts a server of our own (for tests that kill or pause it).
     pub fn start_owned() -> Self {
-        let port = free_port();
-        let mut s = Self {
-            child: None,
-            port,
-            url: format!("redis://127.0.0.1:{port}"),
-        };
-        s.spawn();
-        s
+        // A port free a moment ago can be taken by another test's server before ours
+        // binds it: ours then exits, and a PING would be answered by the other one.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut s = Self {
+                child: None,
+                port,
+                url: format!("redis://127.0.0.1:{port}"),
+            };
+            if s.try_spawn() {
+                return s;
+            }
+        }
+        panic!("no free port for redis-server after 5 attempts");
     }
 
     /// Starts a server of our own on `port` (for a test that first points a client
@@ -60,6 +66,15 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis-server could not listen on port {} (taken by another process)",
+            self.port
+        );
+    }
+
+    /// Starts the child; `false` if it exited because the port was taken.
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -75,8 +90,12 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be on PATH (the CI script installs it)");
-        self.child = Some(child);
-        wait_for_ping(self.port, Duration::from_secs(10));
+        let child = self.child.insert(child);
+        if wait_for_own_server(self.port, child, Duration::from_secs(10)) {
+            return true;
+        }
+        self.kill();
+        false
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -158,18 +177,25 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-fn wait_for_ping(port: u16, limit: Duration) {
+/// Waits until the server answering on `port` is `child` itself (its `process_id`),
+/// not another test's that took the port first; `false` once `child` has exited
+/// (it could not bind).
+fn wait_for_own_server(port: u16, child: &mut Child, limit: Duration) -> bool {
+    let own = format!("process_id:{}", child.id());
     let start = Instant::now();
     while start.elapsed() < limit {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "PING"])
-            .output();
-        if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG") {
-            return;
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if cli(port, &["INFO", "server"])
+            .lines()
+            .any(|l| l.trim() == own)
+        {
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("redis-server on port {port} did not answer PING within {limit:?}");
+    panic!("redis-server on port {port} did not answer within {limit:?}");
 }
 
 /// A throwaway Redis Cluster: 3 masters with one replica each, on free loopback
@@ -191,6 +217,17 @@ impl RedisCluster {
     /// --cluster-replicas 1`, and waits until every node reports `cluster_state:ok`
     /// and knows all six nodes.
     pub fn start() -> Self {
+        for _ in 0..5 {
+            if let Some(cluster) = Self::try_start() {
+                return cluster;
+            }
+        }
+        panic!("no free ports for a Redis Cluster after 5 attempts");
+    }
+
+    /// `None` when another process took one of the free ports first (the nodes
+    /// started are killed on drop).
+    fn try_start() -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(12);
         let mut cluster = Self {
@@ -207,8 +244,11 @@ impl RedisCluster {
         for i in 0..cluster.nodes.len() {
             cluster.spawn_node(i);
         }
-        for n in &cluster.nodes {
-            wait_for_ping(n.port, Duration::from_secs(10));
+        for n in &mut cluster.nodes {
+            let child = n.child.as_mut().expect("just spawned");
+            if !wait_for_own_server(n.port, child, Duration::from_secs(10)) {
+                return None;
+            }
         }
         let addrs: Vec<String> = cluster
             .nodes
@@ -242,7 +282,7 @@ impl RedisCluster {
                 })
             },
         );
-        cluster
+        Some(cluster)
     }
 
     fn spawn_node(&mut self, i: usize) {
