@@ -9,6 +9,8 @@
 //!   `EVALSHA` of the same script on the same Redis (one multiplexed connection);
 //!   criterion reports the wall time per decision with 64 in flight (its inverse is
 //!   the throughput), and a summary line prints decisions/s and p99 for both.
+//! - before criterion: an interleaved, paired pass of the `memory` comparison
+//!   ([`paired_memory`]), the figure to trust on a shared machine.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 

@@ -490,7 +490,7 @@ mod tests {
     use super::*;
 
     /// axum boxes this future with every request. glibc serves blocks up to 1032 bytes
-    /// from its per-thread cache; a larger one takes the general path (~600 more
+    /// from its per-thread cache; a larger one takes the general path (~800 more
     /// instructions per request, measured), so a layer whose future grows must pay
     /// for its size elsewhere.
     #[test]
