@@ -284,6 +284,16 @@ mod redis_bench {
     }
 }
 
+/// The same request through the bare no-op service: what every variant pays besides
+/// its decision.
+#[inline(never)]
+fn one_bare<S>(svc: &mut S, ip: u32) -> Response
+where
+    S: Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    now(svc.call(request(ip))).unwrap()
+}
+
 /// One in-memory decision through palisade's layer (a symbol for callgrind).
 #[inline(never)]
 fn one_palisade<S>(svc: &mut S, ip: u32) -> Response
@@ -323,9 +333,13 @@ fn callgrind(iters: u32) {
 /// Interleaved, paired timing of the in-memory decision (`PAIRED_ROUNDS`, default 31;
 /// `PAIRED_BATCH`, default 20 000; `PAIRED_ROUNDS=0` skips it). Criterion times one
 /// variant after the other, and on a shared VM the background drifts by more than the
-/// difference being measured; here each round times a batch of palisade and a batch of
-/// tower_governor back to back (alternating which goes first), and the ratio is the
-/// median over rounds of the two batches' ratio.
+/// difference being measured; here each round times a batch of the bare no-op service,
+/// one of palisade and one of tower_governor back to back (rotating which goes
+/// first). A decision's cost is a layer's time minus the bare service's in the same
+/// round (building the request and dropping the response are the same for all three
+/// and are not the layer's cost); the ratio is palisade's over tower_governor's, as
+/// the median over rounds and from each variant's fastest batch (noise on a shared
+/// VM only ever adds time).
 fn paired_memory() {
     let env = |k: &str, d: usize| {
         std::env::var(k)
@@ -338,58 +352,54 @@ fn paired_memory() {
         return;
     }
     println!(
-        "\npaired timing, in-memory decision: {rounds} rounds x {batch} calls, alternating order"
+        "\npaired timing, in-memory decision: {rounds} rounds x {batch} calls, rotating order"
     );
     println!(
-        "| keys | palisade ns (median) | tower_governor ns (median) | ratio (median) | ratio min..max |"
+        "| keys | bare ns | palisade Δ ns | tower_governor Δ ns | Δ ratio (median of rounds) | Δ ratio, fastest batches | whole-call ratio (median) |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (name, keys) in [("one_key", 1u32), ("10k_keys", 10_000)] {
         let mut svc = palisade_layer("").layer(noop_service());
         let mut gov = governor_service();
-        let mut time_palisade = || {
+        let mut bare = noop_service();
+        let mut time = |which: usize| {
             let start = std::time::Instant::now();
             for i in 0..batch {
-                black_box(one_palisade(&mut svc, 0x0a00_0000 + i % keys));
-            }
-            start.elapsed().as_nanos() as f64 / f64::from(batch)
-        };
-        let mut time_governor = || {
-            let start = std::time::Instant::now();
-            for i in 0..batch {
-                black_box(one_governor(&mut gov, 0x0a00_0000 + i % keys));
+                let ip = 0x0a00_0000 + i % keys;
+                match which {
+                    0 => black_box(one_bare(&mut bare, ip)),
+                    1 => black_box(one_palisade(&mut svc, ip)),
+                    _ => black_box(one_governor(&mut gov, ip)),
+                };
             }
             start.elapsed().as_nanos() as f64 / f64::from(batch)
         };
         // Warm both maps with every key.
-        time_palisade();
-        time_governor();
-        let (mut p, mut g, mut r) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let (a, b) = if round % 2 == 0 {
-                let a = time_palisade();
-                (a, time_governor())
-            } else {
-                let b = time_governor();
-                (time_palisade(), b)
-            };
-            p.push(a);
-            g.push(b);
-            r.push(a / b);
+        for which in 0..3 {
+            time(which);
         }
-        let median = |v: &mut Vec<f64>| {
+        let mut t = [Vec::new(), Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            for k in 0..3 {
+                let which = (round + k) % 3;
+                t[which].push(time(which));
+            }
+        }
+        let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (lo, hi) = (
-            r.iter().copied().fold(f64::MAX, f64::min),
-            r.iter().copied().fold(f64::MIN, f64::max),
-        );
+        let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+        let delta = |i: usize| -> Vec<f64> { (0..rounds).map(|r| t[i][r] - t[0][r]).collect() };
+        let (dp, dg) = (delta(1), delta(2));
+        let ratio = median((0..rounds).map(|r| dp[r] / dg[r]).collect());
+        let fastest = (min(&t[1]) - min(&t[0])) / (min(&t[2]) - min(&t[0]));
+        let whole = median((0..rounds).map(|r| t[1][r] / t[2][r]).collect());
         println!(
-            "| {name} | {:.0} | {:.0} | {:.2} | {lo:.2}..{hi:.2} |",
-            median(&mut p),
-            median(&mut g),
-            median(&mut r)
+            "| {name} | {:.0} | {:.0} | {:.0} | {ratio:.2} | {fastest:.2} | {whole:.2} |",
+            median(t[0].clone()),
+            median(dp),
+            median(dg),
         );
     }
     println!();

@@ -541,7 +541,9 @@ fn compile_policy(
     let q_ns = Quota::new(period_ns, p.limit, burst);
     let q_us = Quota::new(p.period_s * MICROS, p.limit, burst);
     let policy_item = format!("\"{}\";q={};w={}", p.name, p.limit, p.period_s);
-    let policy_value = HeaderValue::try_from(policy_item.as_str()).ok()?;
+    // Validated here, so `from_static` below cannot panic.
+    HeaderValue::try_from(policy_item.as_str()).ok()?;
+    let policy_value = HeaderValue::from_static(intern(&policy_item));
     Some(Policy {
         name: Arc::from(p.name.as_str()),
         index,
@@ -556,6 +558,25 @@ fn compile_policy(
         policy_item,
         policy_value,
     })
+}
+
+/// A `'static` copy of `s`, shared by every layer built with the same text.
+///
+/// A `HeaderValue` made from a `'static` string clones and drops without touching a
+/// reference count: the one-policy `RateLimit-Policy` value is cloned into every
+/// response, and two locked instructions per request were measurable against
+/// tower_governor. Interning bounds the leak by the distinct policy texts a process
+/// ever builds (a config reload with unchanged policies adds nothing).
+fn intern(s: &str) -> &'static str {
+    static INTERNED: std::sync::LazyLock<std::sync::Mutex<HashSet<&'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut set = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&existing) = set.get(s) {
+        return existing;
+    }
+    let leaked: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    set.insert(leaked);
+    leaked
 }
 
 /// Drops keys back at full quota every minute, until shutdown or until the layer is
@@ -628,12 +649,22 @@ impl Stage {
 
     /// Decides with the in-memory store (all-or-nothing across the policies),
     /// filling in the entries `applicable` made.
-    fn decide_memory(&self, mut entries: Entries) -> Verdict {
+    fn decide_memory(&self, entries: Entries) -> Verdict {
+        let mut v = Verdict {
+            entries,
+            ..Verdict::default()
+        };
+        self.decide_memory_in(&mut v);
+        v
+    }
+
+    /// [`Self::decide_memory`] on a verdict already in place: the entries are not
+    /// moved (three inline entries are 150 bytes of `memcpy` a move).
+    fn decide_memory_in(&self, v: &mut Verdict) {
         let shared = &*self.shared;
         let now = shared.now_ns();
-        let mut v = Verdict::default();
         let mut retry_ns = 0;
-        for e in &mut entries {
+        for e in &mut v.entries {
             let p = &self.policies[usize::from(e.policy)];
             let key = MemKey::new(p.index, e.value);
             let d = shared.memory.check(key, p.q_ns, p.cost, now);
@@ -647,12 +678,10 @@ impl Stage {
             }
             e.fill(d, p.q_ns, NANOS);
         }
-        v.entries = entries;
         if v.limited {
-            self.refund_memory(&mut v);
+            self.refund_memory(v);
             v.retry_s = gcra::ceil_secs(retry_ns, NANOS).max(1);
         }
-        v
     }
 
     /// Gives back, in memory, what the verdict's allowed entries took (the request
@@ -896,8 +925,12 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let record = outcome::wanted(req.extensions());
-        let items = self.stage.applicable(&req);
-        if items.is_empty() {
+        let mut v = Verdict {
+            entries: self.stage.applicable(&req),
+            record,
+            ..Verdict::default()
+        };
+        if v.entries.is_empty() {
             return ResponseFuture {
                 state: State::Inner {
                     fut: self.inner.call(req),
@@ -914,6 +947,7 @@ where
             let clone = self.inner.clone();
             let mut inner = std::mem::replace(&mut self.inner, clone);
             let stage = self.stage.clone();
+            let items = std::mem::take(&mut v.entries);
             return ResponseFuture {
                 state: State::Boxed {
                     fut: Box::pin(async move {
@@ -936,8 +970,7 @@ where
             };
         }
         // In memory the decision is synchronous: no task, no box, no clone of `inner`.
-        let mut v = self.stage.decide_memory(items);
-        v.record = record;
+        self.stage.decide_memory_in(&mut v);
         if v.limited {
             return ResponseFuture {
                 state: State::Ready {
