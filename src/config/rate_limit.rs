@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 /// max_keys = 100000
 /// ipv6_prefix = 64
 /// allow = ["10.0.0.0/8", "identity:ops-bot"]
+/// lease = 0                   # redis only: units leased per key and replica (0 = off)
+/// lease_ms = 1000             # redis only: how long a lease may be spent
 ///
 /// [[rate_limit.policies]]
 /// name = "per-ip"
@@ -38,6 +40,13 @@ pub struct RateLimitConfig {
     pub allow: Vec<String>,
     /// The policies; none means the layer is disabled.
     pub policies: Vec<PolicyConfig>,
+    /// Redis only, hybrid mode: each replica takes this many units of a key's quota
+    /// from Redis at once and spends them locally, without a round trip, for up to
+    /// `lease_ms` (capped per policy at its `burst`). `0` (the default) decides every
+    /// request in Redis. Over-admission is bounded: see the rate-limit module docs.
+    pub lease: u64,
+    /// How long leased units may be spent before they are forfeited (1 to 60 000).
+    pub lease_ms: u64,
 }
 
 impl Default for RateLimitConfig {
@@ -50,6 +59,8 @@ impl Default for RateLimitConfig {
             ipv6_prefix: 64,
             allow: Vec::new(),
             policies: Vec::new(),
+            lease: 0,
+            lease_ms: 1000,
         }
     }
 }
@@ -240,6 +251,15 @@ impl RateLimitConfig {
     #[must_use]
     pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
         self.ipv6_prefix = prefix;
+        self
+    }
+
+    /// Redis only: leases `units` of each key's quota per replica at a time, spent
+    /// locally for at most `lease_ms` (the hybrid mode; `units = 0` turns it off).
+    #[must_use]
+    pub fn lease(mut self, units: u64, lease_ms: u64) -> Self {
+        self.lease = units;
+        self.lease_ms = lease_ms;
         self
     }
 

@@ -33,6 +33,8 @@ use http::{HeaderValue, StatusCode};
 
 use super::gcra::{self, Decision};
 use super::key::KeyValue;
+use super::lease::Take;
+use super::memory::MemKey;
 use super::{Entries, MICROS, Stage, Verdict};
 use crate::config::rate_limit::OnStoreError;
 use crate::problem::Problem;
@@ -98,6 +100,7 @@ const LOG_EVERY_MS: u64 = 10_000;
 pub(crate) struct RedisBackend {
     pool: RedisPool,
     script: ::redis::Script,
+    lease_script: ::redis::Script,
     refund: ::redis::Script,
     /// Next time (ms on the limiter clock) a store error may be logged.
     next_log_ms: AtomicU64,
@@ -109,68 +112,103 @@ impl RedisBackend {
         Self {
             pool,
             script: ::redis::Script::new(GCRA_SCRIPT),
+            lease_script: ::redis::Script::new(super::lease::LEASE_SCRIPT),
             refund: ::redis::Script::new(REFUND_SCRIPT),
             next_log_ms: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         }
     }
 
-    /// Runs the script for a group of `(policy index, key value)` and returns
-    /// `(limited, used per item)`.
-    async fn run(
-        &self,
-        stage: &Stage,
-        items: &[(usize, KeyValue)],
-    ) -> Result<(bool, Vec<u64>), StoreError> {
+    /// Runs the script for a group of items and returns `(limited, used per item,
+    /// units granted per item)`. With `lease`, the lease script (each item asks for
+    /// its `units`); otherwise the plain GCRA script (each item costs its policy's
+    /// `cost`, and `granted` is that cost when the group committed).
+    async fn run(&self, stage: &Stage, items: &[Item], lease: bool) -> ScriptResult {
+        let (script, per_key) = if lease {
+            (&self.lease_script, 5)
+        } else {
+            (&self.script, 4)
+        };
+        let args = |i: usize, units: u64| {
+            let p = &stage.policies[i];
+            let a = [
+                p.q_us.interval,
+                p.q_us.tau,
+                p.cost,
+                u64::from(!p.shadow),
+                units,
+            ];
+            a.into_iter().take(per_key)
+        };
         // `EVALSHA` as one plain command: its arguments go into one buffer, where a
         // `ScriptInvocation` allocates each key and argument twice. Only when Redis
         // does not know the script (`NOSCRIPT`: after a flush, restart or failover)
         // is the invocation built, which loads the script and retries.
         let mut cmd = ::redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash()).arg(items.len());
-        for &(i, value) in items {
+        cmd.arg(script.get_hash()).arg(items.len());
+        for &(i, value, _) in items {
             cmd.arg(value.redis_key(&stage.policies[i].name));
         }
-        for &(i, _) in items {
-            let p = &stage.policies[i];
-            cmd.arg(p.q_us.interval)
-                .arg(p.q_us.tau)
-                .arg(p.cost)
-                .arg(if p.shadow { 0 } else { 1 });
+        for &(i, _, units) in items {
+            for a in args(i, units) {
+                cmd.arg(a);
+            }
         }
         let out: Vec<i64> = match self.pool.query("rate_limit", &cmd).await {
             Err(StoreError::Redis(e)) if is_noscript(&e) => {
-                let mut inv = self.script.prepare_invoke();
-                for &(i, value) in items {
-                    let p = &stage.policies[i];
-                    inv.key(value.redis_key(&p.name));
-                    inv.arg(p.q_us.interval)
-                        .arg(p.q_us.tau)
-                        .arg(p.cost)
-                        .arg(if p.shadow { 0 } else { 1 });
+                let mut inv = script.prepare_invoke();
+                for &(i, value, units) in items {
+                    inv.key(value.redis_key(&stage.policies[i].name));
+                    for a in args(i, units) {
+                        inv.arg(a);
+                    }
                 }
                 self.pool.invoke_script("rate_limit", &inv).await?
             }
             out => out?,
         };
-        if out.len() != items.len() + 1 {
+        let expected = if lease {
+            2 * items.len() + 1
+        } else {
+            items.len() + 1
+        };
+        if out.len() != expected {
             return Err(StoreError::Redis(format!(
                 "rate-limit script returned {} values for {} keys",
                 out.len(),
                 items.len()
             )));
         }
-        let used = out[1..].iter().map(|&u| u.max(0) as u64).collect();
-        Ok((out[0] == 1, used))
+        let limited = out[0] == 1;
+        let clamp = |v: i64| v.max(0) as u64;
+        let (used, granted) = if lease {
+            out[1..]
+                .chunks_exact(2)
+                .map(|c| (clamp(c[0]), clamp(c[1])))
+                .unzip()
+        } else {
+            let used: Vec<u64> = out[1..].iter().map(|&u| clamp(u)).collect();
+            let granted = items
+                .iter()
+                .zip(&used)
+                .map(|(&(i, _, _), &u)| {
+                    let p = &stage.policies[i];
+                    let fits = gcra::decide(u, p.q_us, p.cost).allowed;
+                    if !limited && fits { p.cost } else { 0 }
+                })
+                .collect();
+            (used, granted)
+        };
+        Ok((vec![limited; items.len()], used, granted))
     }
 
-    /// Runs the refund script for one group of items.
-    async fn refund(&self, stage: &Stage, items: &[(usize, KeyValue)]) -> Result<(), StoreError> {
+    /// Runs the refund script for one group of `(policy, value, units)`.
+    async fn refund(&self, stage: &Stage, items: &[Item]) -> Result<(), StoreError> {
         let mut inv = self.refund.prepare_invoke();
-        for &(i, value) in items {
+        for &(i, value, units) in items {
             let p = &stage.policies[i];
             inv.key(value.redis_key(&p.name));
-            inv.arg(p.q_us.interval.saturating_mul(p.cost));
+            inv.arg(p.q_us.interval.saturating_mul(units));
         }
         self.pool
             .invoke_script::<i64>("rate_limit", &inv)
@@ -210,7 +248,7 @@ impl RedisBackend {
 
 impl Stage {
     /// Decides over Redis; on a store error applies `on_store_error` (`Err` is the
-    /// 503 of `deny`).
+    /// 503 of `deny`). In hybrid mode, entries a local lease covers skip Redis.
     pub(super) async fn decide_redis(
         &self,
         mut entries: Entries,
@@ -219,19 +257,49 @@ impl Stage {
         let Some(backend) = shared.redis.as_ref() else {
             return Ok(self.decide_memory(entries));
         };
-        let items: Vec<(usize, KeyValue)> = entries
+        let leases = shared.leases.as_ref();
+        let takes = match leases {
+            Some(leases) => match self.take_leases(leases, &mut entries, shared.now_ns()) {
+                Some(takes) => takes,
+                None => {
+                    // Every policy spent from a local lease: no round trip.
+                    return Ok(Verdict {
+                        entries,
+                        in_redis: true,
+                        ..Verdict::default()
+                    });
+                }
+            },
+            None => Vec::new(),
+        };
+        // Which entries Redis decides (all, without leases), and what each asks for.
+        let remote: Vec<usize> = (0..entries.len())
+            .filter(|&k| takes.get(k) != Some(&Take::Local))
+            .collect();
+        let items: Vec<Item> = remote
             .iter()
-            .map(|e| (usize::from(e.policy), e.value))
+            .map(|&k| {
+                let e = &entries[k];
+                let units = match takes.get(k) {
+                    Some(&Take::Remote { want }) => want,
+                    _ => self.policies[usize::from(e.policy)].cost,
+                };
+                (usize::from(e.policy), e.value, units)
+            })
             .collect();
         let items = &items[..];
+        let lease = leases.is_some();
         let result = if backend.pool.is_cluster() {
-            self.run_grouped(backend, items).await
+            self.run_grouped(backend, items, lease).await
         } else {
-            backend.run(self, items).await.map(RedisBackend::spread)
+            backend.run(self, items, lease).await
         };
-        let (group_limited, used) = match result {
+        let (group_limited, used, granted) = match result {
             Ok(r) => r,
             Err(e) => {
+                if let Some(leases) = leases {
+                    self.undo_takes(leases, &mut entries, &takes);
+                }
                 let now_ms = shared.now_ns() / 1_000_000;
                 backend.log_error(now_ms, &e, shared.on_store_error);
                 count_degraded(shared.on_store_error);
@@ -251,7 +319,7 @@ impl Stage {
         let mut v = Verdict::default();
         let mut retry_us = 0;
         let mut decisions: Vec<Decision> = Vec::with_capacity(items.len());
-        for (k, &(i, _)) in items.iter().enumerate() {
+        for (k, &(i, _, _)) in items.iter().enumerate() {
             let p = &self.policies[i];
             let d = gcra::decide(used[k], p.q_us, p.cost);
             if !d.allowed {
@@ -264,16 +332,28 @@ impl Stage {
             }
             decisions.push(d);
         }
+        let now = shared.now_ns();
         if v.limited {
             v.retry_s = gcra::ceil_secs(retry_us, MICROS).max(1);
-            // Groups that committed (Cluster: another value's group refused) give back.
-            let committed: Vec<(usize, KeyValue)> = items
-                .iter()
-                .zip(&decisions)
-                .enumerate()
-                .filter(|&(k, (_, d))| d.allowed && !group_limited[k])
-                .map(|(_, (&item, _))| item)
-                .collect();
+            if let Some(leases) = leases {
+                self.undo_takes(leases, &mut entries, &takes);
+            }
+            // Groups that committed (Cluster: another value's group refused) give
+            // back; in hybrid mode a claimed lease keeps what it was granted.
+            let mut committed: Vec<Item> = Vec::new();
+            for (k, &(i, value, units)) in items.iter().enumerate() {
+                if group_limited[k] || granted[k] == 0 {
+                    continue;
+                }
+                let p = &self.policies[i];
+                match leases {
+                    Some(leases) if units > p.cost => {
+                        let key = MemKey::new(p.index, value);
+                        leases.grant(key, granted[k], 0, used[k], p.q_us.interval, now);
+                    }
+                    _ => committed.push((i, value, granted[k])),
+                }
+            }
             if !committed.is_empty() {
                 let groups = group_by_value(&committed);
                 let runs: Vec<BoxRun<'_, Result<(), StoreError>>> = groups
@@ -284,12 +364,22 @@ impl Stage {
                 let _ = join_all(runs).await;
             }
         }
-        for (k, e) in entries.iter_mut().enumerate() {
+        for (k, &at) in remote.iter().enumerate() {
+            let e = &mut entries[at];
             let p = &self.policies[usize::from(e.policy)];
             let mut d = decisions[k];
             if v.limited {
                 // Nothing this request took is kept: report the state before it.
                 d.used_after = used[k];
+            } else if let Some(leases) = leases
+                && items[k].2 > p.cost
+            {
+                let key = MemKey::new(p.index, e.value);
+                let spent = if granted[k] > 0 { p.cost } else { 0 };
+                if let Some(u) = leases.grant(key, granted[k], spent, used[k], p.q_us.interval, now)
+                {
+                    d.used_after = u;
+                }
             }
             e.fill(d, p.q_us, MICROS);
         }
@@ -299,7 +389,8 @@ impl Stage {
     }
 
     /// Gives back what an allowed verdict took, in the backend that decided it (the
-    /// after-auth stage refused the request).
+    /// after-auth stage refused the request). In hybrid mode the units go back to
+    /// this replica's leases.
     pub(super) async fn refund(&self, v: &mut Verdict) {
         if !v.in_redis {
             return self.refund_memory(v);
@@ -307,11 +398,17 @@ impl Stage {
         let Some(backend) = self.shared.redis.as_ref() else {
             return;
         };
-        let committed: Vec<(usize, KeyValue)> = v
+        if let Some(leases) = self.shared.leases.as_ref() {
+            return self.refund_leases(leases, v);
+        }
+        let committed: Vec<Item> = v
             .entries
             .iter()
             .filter(|e| e.allowed)
-            .map(|e| (usize::from(e.policy), e.value))
+            .map(|e| {
+                let i = usize::from(e.policy);
+                (i, e.value, self.policies[i].cost)
+            })
             .collect();
         if committed.is_empty() {
             return;
@@ -345,30 +442,37 @@ impl Stage {
     async fn run_grouped(
         &self,
         backend: &RedisBackend,
-        items: &[(usize, KeyValue)],
-    ) -> Result<(Vec<bool>, Vec<u64>), StoreError> {
+        items: &[Item],
+        lease: bool,
+    ) -> ScriptResult {
         let groups = group_by_value(items);
         let runs: Vec<BoxRun<'_, ScriptResult>> = groups
             .iter()
-            .map(|(_, g)| Box::pin(backend.run(self, g)) as BoxRun<'_, _>)
+            .map(|(_, g)| Box::pin(backend.run(self, g, lease)) as BoxRun<'_, _>)
             .collect();
         let results = join_all(runs).await;
         let mut limited = vec![false; items.len()];
         let mut used = vec![0; items.len()];
+        let mut granted = vec![0; items.len()];
         for ((value, _), r) in groups.iter().zip(results) {
-            let (l, u) = r?;
-            let members = items.iter().enumerate().filter(|(_, (_, v))| v == value);
-            for ((k, _), used_k) in members.zip(u) {
-                limited[k] = l;
+            let (l, u, g) = r?;
+            let members = items.iter().enumerate().filter(|(_, (_, v, _))| v == value);
+            for (((k, _), used_k), granted_k) in members.zip(u).zip(g) {
+                limited[k] = l[0];
                 used[k] = used_k;
+                granted[k] = granted_k;
             }
         }
-        Ok((limited, used))
+        Ok((limited, used, granted))
     }
 }
 
-/// What one script call returns: whether it refused, and `used` per key.
-type ScriptResult = Result<(bool, Vec<u64>), StoreError>;
+/// `(policy index, key value, units)`: one key of one script call.
+type Item = (usize, KeyValue, u64);
+
+/// What one script call returns: whether its group refused (per item), `used` per
+/// item and the units granted per item.
+type ScriptResult = Result<(Vec<bool>, Vec<u64>, Vec<u64>), StoreError>;
 
 /// Counts a decision taken without Redis, by the `on_store_error` applied.
 #[cfg(feature = "metrics")]
@@ -388,12 +492,12 @@ fn count_degraded(_mode: OnStoreError) {}
 type BoxRun<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Splits items by key value (one Cluster hash slot per value), keeping order.
-fn group_by_value(items: &[(usize, KeyValue)]) -> Vec<(KeyValue, Vec<(usize, KeyValue)>)> {
-    let mut groups: Vec<(KeyValue, Vec<(usize, KeyValue)>)> = Vec::new();
-    for &(i, value) in items {
-        match groups.iter_mut().find(|(v, _)| *v == value) {
-            Some((_, members)) => members.push((i, value)),
-            None => groups.push((value, vec![(i, value)])),
+fn group_by_value(items: &[Item]) -> Vec<(KeyValue, Vec<Item>)> {
+    let mut groups: Vec<(KeyValue, Vec<Item>)> = Vec::new();
+    for &item in items {
+        match groups.iter_mut().find(|(v, _)| *v == item.1) {
+            Some((_, members)) => members.push(item),
+            None => groups.push((item.1, vec![item])),
         }
     }
     groups
@@ -420,13 +524,6 @@ async fn join_all<T>(mut futures: Vec<BoxRun<'_, T>>) -> Vec<T> {
     })
     .await;
     results.into_iter().flatten().collect()
-}
-
-impl RedisBackend {
-    /// Wraps a single-server result in the per-item shape of [`Stage::run_grouped`].
-    fn spread((limited, used): (bool, Vec<u64>)) -> (Vec<bool>, Vec<u64>) {
-        (vec![limited; used.len()], used)
-    }
 }
 
 #[cfg(test)]
