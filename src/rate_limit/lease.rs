@@ -85,8 +85,10 @@ struct Cell {
     units: u64,
     /// When the unspent units are forfeited (limiter clock, ns).
     expires_ns: u64,
-    /// A lease request for this key is in flight: others ask for their cost only.
-    fetching: bool,
+    /// A lease request for this key is in flight until then (ns): others ask for
+    /// their cost only. A deadline, not a flag: a request dropped mid-call (client
+    /// gone) must not keep the key from leasing again.
+    claimed_until_ns: u64,
     /// Redis's `used` (µs) right after the last grant, and when (ns) it was granted.
     used_us: u64,
     at_ns: u64,
@@ -99,6 +101,8 @@ pub(crate) struct Leases {
     len: AtomicUsize,
     max_keys: usize,
     lease_ns: u64,
+    /// How long a claim holds: longer than any Redis call can take.
+    claim_ns: u64,
 }
 
 /// What a request took from a lease or asked Redis for, per entry.
@@ -111,12 +115,16 @@ pub(crate) enum Take {
 }
 
 impl Leases {
-    pub(crate) fn new(max_keys: usize, lease_ms: u64) -> Self {
+    /// `redis_timeout`: the pool's deadline per call; a claim outlives two calls
+    /// (the script and, after `NOSCRIPT`, its reload).
+    pub(crate) fn new(max_keys: usize, lease_ms: u64, redis_timeout: std::time::Duration) -> Self {
+        let timeout_ns = u64::try_from(redis_timeout.as_nanos()).unwrap_or(u64::MAX);
         Self {
             map: DashMap::with_hasher(RandomState::default()),
             len: AtomicUsize::new(0),
             max_keys: max_keys.max(1),
             lease_ns: lease_ms.saturating_mul(1_000_000),
+            claim_ns: timeout_ns.saturating_mul(2).saturating_add(100_000_000),
         }
     }
 
@@ -140,11 +148,12 @@ impl Leases {
     /// key); `false` when another request is already fetching one or the map is full
     /// of live leases.
     pub(crate) fn claim(&self, key: MemKey, now: u64) -> bool {
+        let until = now.saturating_add(self.claim_ns);
         if let Some(mut cell) = self.map.get_mut(&key) {
-            if cell.fetching {
+            if cell.claimed_until_ns > now {
                 return false;
             }
-            cell.fetching = true;
+            cell.claimed_until_ns = until;
             return true;
         }
         if self.len.load(Ordering::Relaxed) >= self.max_keys {
@@ -160,10 +169,10 @@ impl Leases {
         });
         if fresh {
             self.len.fetch_add(1, Ordering::Relaxed);
-        } else if cell.fetching {
+        } else if cell.claimed_until_ns > now {
             return false;
         }
-        cell.fetching = true;
+        cell.claimed_until_ns = until;
         true
     }
 
@@ -180,7 +189,7 @@ impl Leases {
         now: u64,
     ) -> Option<u64> {
         let mut cell = self.map.get_mut(&key)?;
-        cell.fetching = false;
+        cell.claimed_until_ns = 0;
         if cell.expires_ns <= now {
             cell.units = 0; // forfeited
         }
@@ -194,7 +203,7 @@ impl Leases {
     /// Releases a claim without a grant (Redis failed or refused).
     pub(crate) fn release(&self, key: MemKey) {
         if let Some(mut cell) = self.map.get_mut(&key) {
-            cell.fetching = false;
+            cell.claimed_until_ns = 0;
         }
     }
 
@@ -217,7 +226,8 @@ impl Leases {
 
     /// Drops expired leases that no request is fetching.
     pub(crate) fn sweep(&self, now: u64) {
-        self.map.retain(|_, c| c.fetching || c.expires_ns > now);
+        self.map
+            .retain(|_, c| c.claimed_until_ns > now || c.expires_ns > now);
         self.len.store(self.map.len(), Ordering::Relaxed);
     }
 }
@@ -326,13 +336,25 @@ mod tests {
     use super::super::key::KeyValue;
     use super::*;
 
+    /// Redis timeout: claims hold 2 × 1 ms + 100 ms.
+    const T: std::time::Duration = std::time::Duration::from_millis(1);
+
     fn key(v: u128) -> MemKey {
         MemKey::new(0, KeyValue::new(1, v))
     }
 
     #[test]
+    fn a_claim_abandoned_mid_call_lapses() {
+        let l = Leases::new(10, 1000, T);
+        assert!(l.claim(key(1), 0));
+        // The request holding the claim was dropped: no grant, no release.
+        assert!(!l.claim(key(1), 101_999_999));
+        assert!(l.claim(key(1), 102_000_000));
+    }
+
+    #[test]
     fn a_lease_is_spent_until_empty_then_redis_decides() {
-        let l = Leases::new(10, 1000);
+        let l = Leases::new(10, 1000, T);
         assert_eq!(l.spend(key(1), 1, 100, 0), None);
         assert!(l.claim(key(1), 0));
         // A second request while the first fetches asks for its cost only.
@@ -348,7 +370,7 @@ mod tests {
 
     #[test]
     fn unspent_units_are_forfeited_after_lease_ms() {
-        let l = Leases::new(10, 1); // 1 ms
+        let l = Leases::new(10, 1, T); // 1 ms
         assert!(l.claim(key(1), 0));
         l.grant(key(1), 10, 1, 0, 100, 0);
         assert!(l.spend(key(1), 1, 100, 999_999).is_some());
@@ -362,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_map_stays_within_max_keys() {
-        let l = Leases::new(3, 1);
+        let l = Leases::new(3, 1, T);
         for i in 0..3 {
             assert!(l.claim(key(i), 0));
             l.grant(key(i), 5, 1, 0, 100, 0);
@@ -377,7 +399,7 @@ mod tests {
 
     #[test]
     fn given_back_units_can_be_spent_again() {
-        let l = Leases::new(10, 1000);
+        let l = Leases::new(10, 1000, T);
         assert!(l.claim(key(1), 0));
         l.grant(key(1), 2, 1, 0, 100, 0);
         assert!(l.spend(key(1), 1, 100, 0).is_some());

@@ -459,8 +459,10 @@ impl RateLimitLayer {
         let shared = Arc::new(Shared {
             memory: MemoryStore::new(config.max_keys),
             #[cfg(feature = "redis")]
-            leases: (redis.is_some() && config.lease > 0)
-                .then(|| lease::Leases::new(config.max_keys, config.lease_ms)),
+            leases: redis
+                .as_ref()
+                .filter(|_| config.lease > 0)
+                .map(|r| lease::Leases::new(config.max_keys, config.lease_ms, r.timeout())),
             #[cfg(feature = "redis")]
             redis,
             on_store_error: config.on_store_error,

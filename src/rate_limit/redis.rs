@@ -119,6 +119,11 @@ impl RedisBackend {
         }
     }
 
+    /// The pool's deadline per call.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        self.pool.timeout()
+    }
+
     /// Runs the script for a group of items and returns `(limited, used per item,
     /// units granted per item)`. With `lease`, the lease script (each item asks for
     /// its `units`); otherwise the plain GCRA script (each item costs its policy's
