@@ -10,6 +10,10 @@
 //! one client address. The `per-ip` policy (5 per minute) is counted once across the
 //! replicas: the 6th request is refused, whichever replica gets it, and both report
 //! the same remaining quota.
+//!
+//! `LEASE=2` runs the hybrid mode (`[rate_limit] lease = 2`): each replica takes two
+//! units at a time from Redis and spends the second without a round trip. The quota
+//! is still 5 in all; the `RateLimit` header is then each replica's own estimate.
 
 use std::net::SocketAddr;
 
@@ -55,6 +59,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         config.redis.url = Some(url);
     }
+    if let Ok(lease) = std::env::var("LEASE") {
+        config.rate_limit.lease = lease.parse()?;
+    }
     // Start from a fresh quota so repeated runs show the same thing.
     let key_pattern = "{palisade:rl:*";
     let client = redis::Client::open(config.redis.url.clone().unwrap_or_default())?;
@@ -69,7 +76,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let a = replica(config.clone()).await?;
     let b = replica(config).await?;
-    println!("replica A on {a}, replica B on {b}; per-ip: 5 per minute, shared\n");
+    println!(
+        "replica A on {a}, replica B on {b}; per-ip: 5 per minute, shared (lease = {})\n",
+        std::env::var("LEASE").unwrap_or_else(|_| "0".into())
+    );
     for i in 0..8 {
         let (name, addr) = if i % 2 == 0 { ("A", a) } else { ("B", b) };
         let (status, headers) = http_get(addr, "/hello").await?;
