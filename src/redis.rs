@@ -60,7 +60,10 @@
 //! closes the breaker, its failure opens it for another interval. Reconnecting is
 //! therefore paced by the breaker: never a tight loop, at most one attempt per
 //! interval. Replies that are Redis errors (`WRONGTYPE`, a script error) prove the
-//! server is up and do not open the breaker. Connections are made lazily in the
+//! server is up and do not open the breaker. On a Cluster there is one breaker per
+//! range of 256 hash slots (picked by the call's first key; calls without a known
+//! key, such as `PING`, share one more), so a dead master fails fast for the keys it
+//! served while the healthy masters' keys are still answered. Connections are made lazily in the
 //! background, so [`RedisPool::from_config`] never waits for Redis and succeeds with
 //! Redis down; the pool starts working as soon as Redis is reachable.
 //!
@@ -155,7 +158,9 @@ pub struct RedisPool {
 struct Inner {
     backend: Backend,
     timeout: Duration,
-    breaker: Breaker,
+    /// Single server: one breaker. Cluster: one per range of hash slots, so a dead
+    /// master fails fast without failing the keys of the healthy ones.
+    breakers: Breakers,
 }
 
 // One per pool, inside its `Arc`: the size difference costs nothing.
@@ -176,7 +181,7 @@ impl fmt::Debug for RedisPool {
             Backend::Cluster(_) => d.field("mode", &"cluster"),
         };
         d.field("timeout", &self.inner.timeout)
-            .field("breaker", &self.inner.breaker.interval)
+            .field("breaker", &self.inner.breakers.interval())
             .finish_non_exhaustive()
     }
 }
@@ -238,9 +243,12 @@ impl RedisPool {
         };
         let pool = Self {
             inner: Arc::new(Inner {
+                breakers: Breakers::new(
+                    Duration::from_millis(config.breaker_ms),
+                    matches!(backend, Backend::Cluster(_)),
+                ),
                 backend,
                 timeout,
-                breaker: Breaker::new(Duration::from_millis(config.breaker_ms)),
             }),
         };
         pool.warm_up();
@@ -311,7 +319,7 @@ impl RedisPool {
         // The transport part below is not generic over `T` (one copy of that
         // code), and converting the reply stays outside the breaker's judgement.
         let inner = &*self.inner;
-        let Some(permit) = inner.breaker.admit() else {
+        let Some(permit) = inner.breakers.for_request(&request).admit() else {
             count_error(op);
             return Err(StoreError::Unavailable);
         };
@@ -389,6 +397,35 @@ enum Request<'a> {
 }
 
 impl Request<'_> {
+    /// The first key the call touches, when it can be read off the command: the
+    /// slot its breaker is picked by on a Cluster.
+    fn first_key(&self) -> Option<&[u8]> {
+        let cmd = match self {
+            Self::Cmd(cmd) => *cmd,
+            Self::Pipeline(pipe) => pipe
+                .cmd_iter()
+                .find(|c| !matches!(c.args_iter().next(), Some(redis::Arg::Simple(n)) if n.eq_ignore_ascii_case(b"MULTI")))?,
+            Self::Script(_) | Self::Ping => return None,
+        };
+        let mut args = cmd.args_iter().map(|a| match a {
+            redis::Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        });
+        let name = args.next()??;
+        if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+            args.next()?; // the script or its SHA1
+            let keys = std::str::from_utf8(args.next()??)
+                .ok()?
+                .parse::<usize>()
+                .ok()?;
+            return if keys == 0 { None } else { args.next()? };
+        }
+        if name.eq_ignore_ascii_case(b"PING") {
+            return None;
+        }
+        args.next()?
+    }
+
     async fn send<C: ConnectionLike + Send>(&self, conn: &mut C) -> RedisResult<Value> {
         match self {
             Self::Cmd(cmd) => cmd.query_async(conn).await,
@@ -607,6 +644,90 @@ impl Breaker {
     }
 }
 
+/// Hash slots per Cluster breaker: 64 ranges of 256 slots. A master owns whole
+/// ranges of slots (a 3-master Cluster: about 21 ranges each), so a dead master's
+/// failures open only (mostly) its own ranges.
+const SLOTS_PER_BREAKER: usize = 256;
+const SLOTS: usize = 16_384;
+
+/// The breakers of a pool: one for a single server; for a Cluster one per range of
+/// hash slots, plus one for calls whose slot is not known (`PING`, script
+/// invocations built by redis-rs).
+struct Breakers {
+    ranges: Box<[Breaker]>,
+    unrouted: Breaker,
+}
+
+impl Breakers {
+    fn new(interval: Duration, cluster: bool) -> Self {
+        let n = if cluster {
+            SLOTS / SLOTS_PER_BREAKER
+        } else {
+            0
+        };
+        Self {
+            ranges: (0..n).map(|_| Breaker::new(interval)).collect(),
+            unrouted: Breaker::new(interval),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        self.unrouted.interval
+    }
+
+    /// The breaker that judges this call.
+    fn for_request(&self, request: &Request<'_>) -> &Breaker {
+        if self.ranges.is_empty() {
+            return &self.unrouted;
+        }
+        match request.first_key().map(key_slot) {
+            Some(slot) => &self.ranges[usize::from(slot) / SLOTS_PER_BREAKER],
+            None => &self.unrouted,
+        }
+    }
+}
+
+/// The Cluster hash slot of a key: CRC16 (XMODEM) of its hash tag (the part between
+/// the first `{` and the next `}`, when not empty) or of the whole key, mod 16384.
+fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16_xmodem(tagged) % SLOTS as u16
+}
+
+/// CRC16-CCITT (XMODEM: polynomial 0x1021, initial value 0), as Redis Cluster uses.
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    const TABLE: [u16; 256] = {
+        let mut table = [0u16; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut crc = (i as u16) << 8;
+            let mut bit = 0;
+            while bit < 8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+                bit += 1;
+            }
+            table[i] = crc;
+            i += 1;
+        }
+        table
+    };
+    data.iter().fold(0u16, |crc, &b| {
+        (crc << 8) ^ TABLE[usize::from((crc >> 8) as u8 ^ b)]
+    })
+}
+
 /// Admission of one call; reports its outcome to the breaker. A probe dropped
 /// without an outcome (its caller gave up) frees the probe slot.
 struct Permit<'a> {
@@ -652,6 +773,54 @@ impl Drop for Permit<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_slots_match_redis_cluster() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % 16384);
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+    }
+
+    #[test]
+    fn the_first_key_is_read_off_the_commands_palisade_sends() {
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg("0123").arg(2).arg("{k}:a").arg("{k}:b").arg(5);
+        assert_eq!(Request::Cmd(&evalsha).first_key(), Some(&b"{k}:a"[..]));
+        let mut no_keys = redis::cmd("EVALSHA");
+        no_keys.arg("0123").arg(0).arg(5);
+        assert_eq!(Request::Cmd(&no_keys).first_key(), None);
+        let mut mget = redis::cmd("MGET");
+        mget.arg("x").arg("y");
+        assert_eq!(Request::Cmd(&mget).first_key(), Some(&b"x"[..]));
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SET").arg("p").arg(1);
+        assert_eq!(Request::Pipeline(&pipe).first_key(), Some(&b"p"[..]));
+        assert_eq!(Request::Ping.first_key(), None);
+    }
+
+    #[test]
+    fn a_cluster_has_one_breaker_per_slot_range() {
+        let b = Breakers::new(Duration::from_secs(1), true);
+        let get = |key: &str| {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            b.for_request(&Request::Cmd(&cmd)) as *const Breaker
+        };
+        // Same tag, same breaker; "foo" (12182) and "bar" (5061) are ranges apart.
+        assert_eq!(get("{foo}:a"), get("{foo}:b"));
+        assert_ne!(get("foo"), get("bar"));
+        let single = Breakers::new(Duration::from_secs(1), false);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg("foo");
+        assert!(std::ptr::eq(
+            single.for_request(&Request::Cmd(&cmd)),
+            &single.unrouted
+        ));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn breaker_fails_fast_for_one_interval_then_lets_one_probe_through() {

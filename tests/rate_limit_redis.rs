@@ -430,3 +430,48 @@ async fn cluster_master_killed_each_mode_then_failover() {
     }
     assert!(recovered, "the limiter came back after the failover");
 }
+
+/// A dead master fails fast only for the keys it served: the breaker is per range of
+/// hash slots, so clients whose keys live on healthy masters are still decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_dead_master_does_not_fail_the_healthy_masters_keys() {
+    let mut cluster = support::RedisCluster::start();
+    // A long breaker: it stays open for the whole test once tripped.
+    let redis = RedisConfig::cluster(cluster.urls())
+        .with_timeout_ms(200)
+        .with_breaker_ms(60_000);
+    let deny = replica(redis, &mode_config("deny"));
+    let key_of = |ip: u32| format!("{{palisade:rl:1:{ip:032x}}}:per-ip");
+    let ip_text = |ip: u32| std::net::Ipv4Addr::from(ip).to_string();
+    let dead_ip = 0xc000_0201u32; // 192.0.2.1
+    assert_eq!(send(&deny, req_from(&ip_text(dead_ip))).await.status(), 200);
+    let dead_slot = cluster.slot_of(&key_of(dead_ip));
+    let dead_master = cluster.master_of_slot(dead_slot);
+    // A client whose key is on another master, in another range of 256 slots.
+    let healthy_ip = (dead_ip + 1..dead_ip + 200)
+        .find(|&ip| {
+            let slot = cluster.slot_of(&key_of(ip));
+            cluster.master_of_slot(slot) != dead_master && slot / 256 != dead_slot / 256
+        })
+        .expect("a key on another master");
+    cluster.kill_master_of_slot(dead_slot);
+    // The dead master's client: refused within the timeout. The first call may meet
+    // a `MOVED` reply (not a sign of an outage), the next ones the refused
+    // connection, which opens that range's breaker.
+    for _ in 0..4 {
+        let res = send(&deny, req_from(&ip_text(dead_ip))).await;
+        assert_eq!(res.status(), 503);
+    }
+    // Before the Cluster even marks the node failed (node timeout 1 s), the healthy
+    // master's client is decided as usual, not failed fast by that breaker.
+    let res = send(&deny, req_from(&ip_text(healthy_ip))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "ratelimit"), "\"per-ip\";r=1;t=30");
+    // The dead master's client is still refused (its range's breaker is open).
+    let res = send(&deny, req_from(&ip_text(dead_ip))).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.extensions().get::<Rejection>().map(|r| r.reason),
+        Some("store_error")
+    );
+}
