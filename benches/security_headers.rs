@@ -153,6 +153,24 @@ fn bench(c: &mut Criterion) {
         let want = if name.contains("8") { 8 } else { 10 };
         assert_eq!(n, want, "{name}: {n} headers added");
     }
+    // `SECURITY_HEADERS_CALLGRIND_ITERS=n`: n requests through each variant, no
+    // timing (run under `valgrind --tool=callgrind --toggle-collect='*one_request*'`
+    // and compare each variant's share).
+    if let Some(iters) = std::env::var("SECURITY_HEADERS_CALLGRIND_ITERS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+    {
+        for (name, router) in &variants {
+            let only = std::env::var("SECURITY_HEADERS_ONLY").unwrap_or_default();
+            if !only.is_empty() && only != *name {
+                continue;
+            }
+            for _ in 0..iters {
+                black_box(rt.block_on(one_request(router)));
+            }
+        }
+        return;
+    }
     let mut g = c.benchmark_group("security_headers");
     for (name, router) in &variants {
         g.bench_function(*name, |b| {
@@ -168,6 +186,15 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// One request through a variant, body read (a symbol for callgrind).
+#[inline(never)]
+async fn one_request(router: &Router) -> bytes::Bytes {
+    let res = router.clone().oneshot(request()).await.expect("infallible");
+    axum::body::to_bytes(res.into_body(), 64)
+        .await
+        .expect("body")
 }
 
 criterion_group!(benches, bench);
