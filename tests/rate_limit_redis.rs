@@ -293,12 +293,14 @@ async fn memory_and_redis_backends_agree() {
     }
 }
 
-async fn refused_after_auth_costs_the_before_auth_stage_nothing(redis: RedisConfig) {
+async fn refused_after_auth_costs_the_before_auth_stage_nothing(redis: RedisConfig, extra: &str) {
     let app = two_stage_replica(
         redis,
-        r#"
+        &format!(
+            r#"
         backend = "redis"
         on_store_error = "deny"
+        {extra}
         [[policies]]
         name = "per-ip"
         limit = 10
@@ -313,7 +315,8 @@ async fn refused_after_auth_costs_the_before_auth_stage_nothing(redis: RedisConf
         key = "identity"
         limit = 1
         period_s = 600
-        "#,
+        "#
+        ),
     );
     let alice = || {
         let mut r = req_from("192.0.2.1");
@@ -340,14 +343,30 @@ async fn refused_after_auth_costs_the_before_auth_stage_nothing(redis: RedisConf
 #[tokio::test]
 async fn refused_after_auth_refunds_before_auth_in_redis() {
     let server = support::RedisServer::start_owned();
-    refused_after_auth_costs_the_before_auth_stage_nothing(RedisConfig::single(server.url())).await;
+    refused_after_auth_costs_the_before_auth_stage_nothing(RedisConfig::single(server.url()), "")
+        .await;
+}
+
+/// Hybrid mode: the before-auth stage spent from its lease, and gets the unit back
+/// into the lease (headers exact with one replica).
+#[tokio::test]
+async fn refused_after_auth_refunds_before_auth_leases() {
+    let server = support::RedisServer::start_owned();
+    refused_after_auth_costs_the_before_auth_stage_nothing(
+        RedisConfig::single(server.url()),
+        "lease = 3\n        lease_ms = 60000",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn cluster_refused_after_auth_refunds_before_auth() {
     let cluster = support::RedisCluster::start();
-    refused_after_auth_costs_the_before_auth_stage_nothing(RedisConfig::cluster(cluster.urls()))
-        .await;
+    refused_after_auth_costs_the_before_auth_stage_nothing(
+        RedisConfig::cluster(cluster.urls()),
+        "",
+    )
+    .await;
 }
 
 #[tokio::test]
