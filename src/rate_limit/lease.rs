@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
-use super::gcra::{self, Decision};
 use super::memory::MemKey;
 use super::{MICROS, Stage};
 
@@ -259,15 +258,7 @@ impl Stage {
             let take = if p.lease == 0 {
                 Take::Remote { want: p.cost }
             } else if let Some(used) = leases.spend(key, p.cost, p.q_us.interval, now) {
-                e.fill(
-                    Decision {
-                        allowed: true,
-                        used_after: used,
-                        retry: 0,
-                    },
-                    p.q_us,
-                    MICROS,
-                );
+                e.fill_allowed(used, p.q_us, MICROS);
                 Take::Local
             } else if leases.claim(key, now) {
                 Take::Remote { want: p.lease }
@@ -290,15 +281,7 @@ impl Stage {
             match *take {
                 Take::Local => {
                     if let Some(used) = leases.give_back(key, p.cost, p.q_us.interval, now) {
-                        e.fill(
-                            Decision {
-                                allowed: true,
-                                used_after: used,
-                                retry: 0,
-                            },
-                            p.q_us,
-                            MICROS,
-                        );
+                        e.fill_allowed(used, p.q_us, MICROS);
                     }
                 }
                 Take::Remote { want } if want > p.cost => leases.release(key),
@@ -320,12 +303,7 @@ impl Stage {
             let used = leases
                 .give_back(key, p.cost, p.q_us.interval, now)
                 .unwrap_or(e.used_after);
-            let d = gcra::Decision {
-                allowed: true,
-                used_after: used,
-                retry: 0,
-            };
-            e.fill(d, p.q_us, MICROS);
+            e.fill_allowed(used, p.q_us, MICROS);
         }
     }
 }

@@ -776,12 +776,8 @@ impl Stage {
             let p = &self.policies[usize::from(e.policy)];
             let key = MemKey::new(p.index, e.value);
             self.shared.memory.refund(key, p.q_ns, p.cost);
-            let d = gcra::Decision {
-                allowed: true,
-                used_after: e.used_after.saturating_sub(p.q_ns.interval * p.cost),
-                retry: 0,
-            };
-            e.fill(d, p.q_ns, NANOS);
+            let used = e.used_after.saturating_sub(p.q_ns.interval * p.cost);
+            e.fill_allowed(used, p.q_ns, NANOS);
         }
     }
 
@@ -966,6 +962,18 @@ fn append_item(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
 }
 
 impl Entry {
+    /// Records an admission that leaves the key's TAT `used_after` ticks ahead
+    /// (after a refund, or a unit spent from a lease).
+    #[inline]
+    fn fill_allowed(&mut self, used_after: u64, q: Quota, per_sec: u64) {
+        let d = gcra::Decision {
+            allowed: true,
+            used_after,
+            retry: 0,
+        };
+        self.fill(d, q, per_sec);
+    }
+
     /// Records a decision made with quota `q` in ticks of `1 / per_sec` seconds.
     #[inline]
     fn fill(&mut self, d: gcra::Decision, q: Quota, per_sec: u64) {

@@ -434,12 +434,8 @@ impl Stage {
         }
         for e in v.entries.iter_mut().filter(|e| e.allowed) {
             let p = &self.policies[usize::from(e.policy)];
-            let d = Decision {
-                allowed: true,
-                used_after: e.used_after.saturating_sub(p.q_us.interval * p.cost),
-                retry: 0,
-            };
-            e.fill(d, p.q_us, MICROS);
+            let used = e.used_after.saturating_sub(p.q_us.interval * p.cost);
+            e.fill_allowed(used, p.q_us, MICROS);
         }
     }
 
