@@ -4,9 +4,14 @@
 //!   against a raw `GET` of the same stored bytes through the same `RedisPool`.
 //! * `redis_hit_vs_raw_get_64_tasks`: the same two, each driven by 64 concurrent
 //!   tasks on the 2-worker runtime (issue #8's throughput comparison: time per
-//!   operation, so `raw / hit` is the hit rate as a fraction of the raw GET rate).
+//!   operation, so `raw / hit` is the hit rate as a fraction of the raw GET rate),
+//!   and `handler_raw_get`: the same request to a router whose handler GETs the same
+//!   bytes (a hand-written cache at its cheapest: the HTTP work on both sides).
 //! * `hit_vs_upstream`: a hit (memory and Redis) against a handler whose upstream
 //!   call takes 10 ms.
+//!
+//! Before criterion, the 64-task comparison also runs as seven interleaved rounds
+//! (`CACHE_PAIRED_ROUNDS=0` skips them) and prints the median ratios.
 //!
 //! Redis: `PALISADE_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`); the Redis
 //! benches are skipped with a note when it does not answer.
@@ -86,6 +91,80 @@ where
     })
 }
 
+/// What a hand-written cache costs at the least: a handler that GETs the same bytes
+/// and returns them, through the same kind of router (the request and response that
+/// a hit also builds are then on both sides).
+fn handler_raw_get(pool: &RedisPool, cmd: &std::sync::Arc<redis::Cmd>) -> Router {
+    let (pool, cmd) = (pool.clone(), cmd.clone());
+    Router::new().route(
+        "/items/{id}",
+        get(move || {
+            let (pool, cmd) = (pool.clone(), cmd.clone());
+            async move { pool.query::<Vec<u8>>("bench", &cmd).await.unwrap() }
+        }),
+    )
+}
+
+/// Seven interleaved rounds (rotating order) of 64 000 operations by 64 tasks for the
+/// raw `GET`, the hand-written handler and the cache hit: the median rate of each and
+/// the median, within a round, of the hit's rate over the other two. Criterion runs
+/// one variant after the other, and this VM's drift between such runs is larger than
+/// the differences measured.
+fn paired_64_tasks(
+    rt: &tokio::runtime::Runtime,
+    pool: &RedisPool,
+    cmd: &std::sync::Arc<redis::Cmd>,
+    by_hand: &Router,
+    app: &Router,
+) {
+    const ROUNDS: usize = 7;
+    const OPS: u64 = 64_000;
+    let raw = || {
+        let (pool, cmd) = (pool.clone(), cmd.clone());
+        concurrent(rt, OPS, move || {
+            let (pool, cmd) = (pool.clone(), cmd.clone());
+            async move {
+                pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
+            }
+        })
+    };
+    let http = |router: &Router| {
+        let router = router.clone();
+        concurrent(rt, OPS, move || {
+            let router = router.clone();
+            async move {
+                fetch(&router, "/items/1").await;
+            }
+        })
+    };
+    let variants: [(&str, &dyn Fn() -> Duration); 3] = [
+        ("raw GET", &raw),
+        ("handler doing the raw GET", &|| http(by_hand)),
+        ("cache hit through the layer", &|| http(app)),
+    ];
+    let mut rates = vec![Vec::new(); variants.len()];
+    for round in 0..ROUNDS {
+        for k in 0..variants.len() {
+            let v = (round + k) % variants.len();
+            rates[v].push(OPS as f64 / (variants[v].1)().as_secs_f64());
+        }
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    println!("\nRedis, 64 tasks, {ROUNDS} interleaved rounds of {OPS} (median):");
+    for (v, (name, _)) in variants.iter().enumerate() {
+        println!("{name}: {:.0}/s", median(rates[v].clone()));
+    }
+    let ratio = |of: usize| median((0..ROUNDS).map(|r| rates[2][r] / rates[of][r]).collect());
+    println!(
+        "cache hit rate: {:.2} x raw GET, {:.2} x the handler doing the raw GET",
+        ratio(0),
+        ratio(1)
+    );
+}
+
 fn redis_pool(rt: &tokio::runtime::Runtime) -> Option<RedisPool> {
     let url = std::env::var("PALISADE_BENCH_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -163,6 +242,54 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // `CACHE_CALLGRIND_ITERS=n CACHE_ONLY=<variant>`: n sequential operations of one
+    // variant, no timing. Run it twice under `valgrind --tool=callgrind` (say 2 000 and
+    // 6 000) and divide the difference of the totals by 4 000: the client's
+    // instructions per operation, all threads included (the connection's driver task
+    // runs on the runtime too). Variants: `raw_get`, `raw_mget`, `cache_hit`,
+    // `bare_router` (the same request to a router without the layer: the HTTP part of
+    // a hit that is no cache work).
+    if let (Some(iters), Some((app, pool, raw_key, keys))) = (
+        std::env::var("CACHE_CALLGRIND_ITERS")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok()),
+        &redis,
+    ) {
+        let only = std::env::var("CACHE_ONLY").unwrap_or_default();
+        let bare = Router::new().route("/items/{id}", get(|| async { BODY }));
+        let mut get_cmd = redis::cmd("GET");
+        get_cmd.arg(raw_key);
+        let entry_key = keys.iter().find(|k| !k.ends_with(":gen")).unwrap();
+        let gen_key = format!("{}:gen", entry_key.rsplit_once(':').unwrap().0);
+        let mut mget = redis::cmd("MGET");
+        mget.arg(&gen_key).arg(entry_key);
+        rt.block_on(async {
+            for _ in 0..iters {
+                match only.as_str() {
+                    "raw_get" => {
+                        std::hint::black_box(
+                            pool.query::<Vec<u8>>("bench", &get_cmd).await.unwrap(),
+                        );
+                    }
+                    "raw_mget" => {
+                        std::hint::black_box(
+                            pool.query::<(Option<Vec<u8>>, Option<Vec<u8>>)>("bench", &mget)
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                    "bare_router" => {
+                        std::hint::black_box(fetch(&bare, "/items/1").await);
+                    }
+                    _ => {
+                        std::hint::black_box(fetch(app, "/items/1").await);
+                    }
+                }
+            }
+        });
+        return;
+    }
+
     let mut g = c.benchmark_group("redis_hit_vs_raw_get");
     if let Some((app, pool, raw_key, keys)) = &redis {
         let cmd = {
@@ -208,6 +335,10 @@ fn benches(c: &mut Criterion) {
             cmd.arg(raw_key);
             cmd
         });
+        let by_hand = handler_raw_get(pool, &cmd);
+        if std::env::var("CACHE_PAIRED_ROUNDS").as_deref() != Ok("0") {
+            paired_64_tasks(&rt, pool, &cmd, &by_hand, app);
+        }
         g.bench_function("raw_get_same_bytes", |b| {
             b.iter_custom(|iters| {
                 let (pool, cmd) = (pool.clone(), cmd.clone());
@@ -215,6 +346,17 @@ fn benches(c: &mut Criterion) {
                     let (pool, cmd) = (pool.clone(), cmd.clone());
                     async move {
                         pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
+                    }
+                })
+            })
+        });
+        g.bench_function("handler_raw_get", |b| {
+            b.iter_custom(|iters| {
+                let app = by_hand.clone();
+                concurrent(&rt, iters, move || {
+                    let app = app.clone();
+                    async move {
+                        fetch(&app, "/items/1").await;
                     }
                 })
             })

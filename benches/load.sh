@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VARIANTS=${VARIANTS:-"bare memory memory-nolog redis redis-cache-hit"}
+VARIANTS=${VARIANTS:-"bare memory memory-nolog redis redis-cache-hit redis-cache"}
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-1}
 PAIRS=${PAIRS:-3}
@@ -55,11 +55,12 @@ args_of() {
     memory-nolog) echo "--config benches/load-memory-nolog.toml" ;;
     redis) echo "--config benches/load-redis.toml" ;;
     redis-cache-hit) echo "--config benches/load-redis.toml" ;;
+    redis-cache) echo "--config benches/load-redis-cache.toml" ;;
   esac
 }
 route_of() {
   case "$1" in
-    redis-cache-hit) echo "/items/1" ;;
+    redis-cache-hit | redis-cache) echo "/items/1" ;;
     *) echo "${ROUTE:-/hello}" ;;
   esac
 }
@@ -91,7 +92,7 @@ run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_re
     exit 1
   fi
   timeout $((WARMUP + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" "http://127.0.0.1:$port$route" >/dev/null
-  if [ "$variant" = redis-cache-hit ] && ! curl -fsD - -o /dev/null "http://127.0.0.1:$port$route" | grep -qi "^x-cache: HIT"; then
+  if [[ "$variant" == redis-cache* ]] && ! curl -fsD - -o /dev/null "http://127.0.0.1:$port$route" | grep -qi "^x-cache: HIT"; then
     echo "load.sh: $variant is not served from the cache" >&2
     exit 1
   fi

@@ -29,7 +29,7 @@ pub fn parse_host(raw: &str) -> Result<(String, Option<u16>), &'static str> {
 /// The cache's host validation (the host that goes into a cache key).
 #[cfg(feature = "cache")]
 pub fn cache_host(raw: &[u8]) -> Option<String> {
-    crate::cache::fuzz_access::validate_host(raw)
+    crate::cache::fuzz_access::validate_host(raw).map(std::borrow::Cow::into_owned)
 }
 
 // ---------------------------------------------------------------- cache keys

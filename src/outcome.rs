@@ -40,6 +40,7 @@ use std::sync::Arc;
 pub struct RecordOutcomes;
 
 /// Whether a layer should attach its outcome record to this request's response.
+#[cfg(any(feature = "rate-limit", feature = "api-key", feature = "jwt"))]
 #[inline]
 pub(crate) fn wanted(request_extensions: &http::Extensions) -> bool {
     request_extensions.get::<RecordOutcomes>().is_some()

@@ -301,3 +301,38 @@ async fn compressed_entries_round_trip_and_shrink() {
     }
     assert!(refilled, "the damaged entry was refilled");
 }
+
+/// A replica reuses the entry it decoded last only for the very same stored bytes:
+/// after the entry expires and another replica refills the key (same key, same
+/// group generation, new body), the first replica serves the new body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refilled_entry_is_decoded_anew() {
+    let redis = support::RedisServer::start();
+    let env = redis_env(redis.url());
+    let prefix = format!("refill-{}:", std::process::id());
+    let cfg = || {
+        let mut r = rule(&["/items/{id}"]);
+        r.ttl_s = Some(1);
+        config(vec![r])
+    };
+    let a = app_with(env.layer_with_prefix(cfg(), &prefix));
+    let b = app_with(env.layer_with_prefix(cfg(), &prefix));
+    // Each replica's handler counts its own calls: one call on `b` first, so its
+    // refill of /items/1 says "call 2" where `a`'s first fill said "call 1".
+    assert_eq!(get(&b, "/items/2").await.text(), "item 2 call 1 ");
+    assert_eq!(get(&a, "/items/1").await.text(), "item 1 call 1 ");
+    let hit = get(&a, "/items/1").await;
+    assert_eq!((hit.x_cache(), hit.text()), ("HIT", "item 1 call 1 "));
+    // Past the entry's lifetime Redis drops it; the other replica fills it again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let refill = get(&b, "/items/1").await;
+    assert_eq!(
+        (refill.x_cache(), refill.text()),
+        ("MISS", "item 1 call 2 ")
+    );
+    let seen_by_b = get(&b, "/items/1").await;
+    assert_eq!(seen_by_b.x_cache(), "HIT", "the refill is stored");
+    let hit = get(&a, "/items/1").await;
+    assert_eq!((hit.x_cache(), hit.text()), ("HIT", "item 1 call 2 "));
+    assert_eq!(a.calls.get("items"), 1);
+}

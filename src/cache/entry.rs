@@ -20,8 +20,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 3] = b"PLC";
-/// 2: adds the compression flag (version-1 values, written before it, are misses).
-const VERSION: u8 = 2;
+/// 2 added the compression flag; 3 folds the checksum in four independent lanes.
+/// Values of an earlier version are misses.
+const VERSION: u8 = 3;
 const FLAG_PUBLIC: u8 = 1;
 const FLAG_VARIANTS: u8 = 2;
 const FLAG_COMPRESSED: u8 = 4;
@@ -329,25 +330,43 @@ fn decompress(packed: &[u8]) -> Option<Bytes> {
 /// foreign values, not against forgery (whoever can write to Redis can write any
 /// entry), so a cryptographic hash would be wasted work on every hit.
 ///
-/// Each 8-byte word is folded in by `h = (rotl(h) ^ word) * K` with odd `K`: for a
-/// fixed word every step is a bijection of `h`, so a value differing from the
-/// original in any single word (any one flipped bit, say) always has a different
-/// checksum; the length seeds `h` and a final avalanche (also a bijection) spreads
-/// the bits.
+/// Each 8-byte word is folded into one of four lanes (word `i` into lane `i % 4`) by
+/// `h = (rotl(h) ^ word) * K` with odd `K`; the lanes, then the last partial word,
+/// are folded the same way into a hash seeded by the length, and a final avalanche
+/// spreads the bits. For a fixed word every step is a bijection of `h`, and for a
+/// fixed `h` a bijection of the word, so a value differing from the original in any
+/// single word (any one flipped bit, say) always has a different checksum. Four
+/// lanes because each step waits for the multiply before it: one lane ran at a
+/// multiply's latency per word, four run at its throughput (a 6 KB entry is checked
+/// about three times faster; the instruction count is the same).
 pub(crate) fn checksum(bytes: &[u8]) -> [u8; CHECKSUM_LEN] {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let step = |h: u64, w: [u8; 8]| (h.rotate_left(23) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-    let mut h = (bytes.len() as u64).wrapping_mul(K);
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(w);
-        h = step(h, a);
+    #[inline(always)]
+    fn step(h: u64, w: u64) -> u64 {
+        (h.rotate_left(23) ^ w).wrapping_mul(K)
     }
-    let rest = words.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    h = step(h, last);
+    #[inline(always)]
+    fn word(b: &[u8]) -> u64 {
+        let mut a = [0u8; 8];
+        a[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(a)
+    }
+    let mut lanes = [1u64, 2, 3, 4].map(|seed| seed.wrapping_mul(K));
+    let mut blocks = bytes.chunks_exact(32);
+    for block in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+            *lane = step(*lane, word(w));
+        }
+    }
+    let mut words = blocks.remainder().chunks_exact(8);
+    for (lane, w) in lanes.iter_mut().zip(&mut words) {
+        *lane = step(*lane, word(w));
+    }
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    for lane in lanes {
+        h = step(h, lane);
+    }
+    h = step(h, word(words.remainder()));
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -460,6 +479,30 @@ mod tests {
             assert!(Stored::decode(Bytes::from(bad)).is_none(), "bit {bit}");
         }
         assert!(Stored::decode(Bytes::new()).is_none());
+    }
+
+    #[test]
+    fn checksum_sees_every_bit_and_every_length() {
+        // Lengths around the four-lane block boundaries: full blocks, leftover
+        // words, a partial last word.
+        let data: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
+        for len in [0, 1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 200] {
+            let v = &data[..len];
+            let sum = checksum(v);
+            for bit in 0..len * 8 {
+                let mut bad = v.to_vec();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert_ne!(checksum(&bad), sum, "len {len}, bit {bit}");
+            }
+            for shorter in 0..len {
+                assert_ne!(checksum(&v[..shorter]), sum, "len {len} cut to {shorter}");
+            }
+        }
+        // Words swapped between lanes are another value.
+        let mut swapped = data.clone();
+        swapped[..8].copy_from_slice(&data[8..16]);
+        swapped[8..16].copy_from_slice(&data[..8]);
+        assert_ne!(checksum(&swapped), checksum(&data));
     }
 
     fn with_body(body: Vec<u8>, content_type: &'static str) -> Stored {

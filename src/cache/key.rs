@@ -20,19 +20,48 @@ pub(crate) struct Key {
     pub(crate) full: [u8; 32],
 }
 
-pub(crate) struct KeyBuilder(blake3::Hasher);
+/// Feeds the key's components to BLAKE3. Keys are short, so the components are
+/// gathered in a stack buffer and hashed in one call (one call per component cost
+/// more than the hashing); a key that outgrows the buffer streams the rest. The
+/// digest is the same either way: BLAKE3 of the concatenated bytes.
+pub(crate) struct KeyBuilder {
+    buf: [u8; KEY_BUF],
+    len: usize,
+    spill: Option<blake3::Hasher>,
+}
+
+const KEY_BUF: usize = 512;
 
 impl KeyBuilder {
+    #[inline(always)]
     pub(crate) fn new() -> Self {
-        let mut h = blake3::Hasher::new();
-        h.update(b"palisade-cache-");
-        h.update(FORMAT_VERSION.as_bytes());
-        Self(h)
+        let mut b = Self {
+            buf: [0; KEY_BUF],
+            len: 0,
+            spill: None,
+        };
+        b.feed(b"palisade-cache-");
+        b.feed(FORMAT_VERSION.as_bytes());
+        b
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        if let Some(h) = &mut self.spill {
+            h.update(bytes);
+        } else if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+        } else {
+            let mut h = blake3::Hasher::new();
+            h.update(&self.buf[..self.len]);
+            h.update(bytes);
+            self.spill = Some(h);
+        }
     }
 
     pub(crate) fn part(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.update(&(bytes.len() as u64).to_le_bytes());
-        self.0.update(bytes);
+        self.feed(&(bytes.len() as u64).to_le_bytes());
+        self.feed(bytes);
         self
     }
 
@@ -44,12 +73,15 @@ impl KeyBuilder {
             n += 1;
             self.part(trim(v.as_bytes()));
         }
-        self.0.update(&n.to_le_bytes());
+        self.feed(&n.to_le_bytes());
         self
     }
 
     pub(crate) fn finish(&self) -> [u8; 32] {
-        *self.0.finalize().as_bytes()
+        match &self.spill {
+            Some(h) => *h.finalize().as_bytes(),
+            None => *blake3::hash(&self.buf[..self.len]).as_bytes(),
+        }
     }
 }
 
@@ -95,7 +127,8 @@ pub(crate) fn normalise_query(query: Option<&str>, ignore: &[String]) -> String 
 
 /// A validated, lower-cased host (with optional port), or `None` when the value
 /// holds anything a host cannot (such a request is not cached).
-pub(crate) fn validate_host(raw: &[u8]) -> Option<String> {
+/// Borrowed when it is lower-case already, as it nearly always is.
+pub(crate) fn validate_host(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     if raw.is_empty() || raw.len() > 255 {
         return None;
     }
@@ -105,24 +138,39 @@ pub(crate) fn validate_host(raw: &[u8]) -> Option<String> {
     if !ok {
         return None;
     }
+    // Only ASCII passed the check above.
     let s = std::str::from_utf8(raw).ok()?;
-    Some(s.to_ascii_lowercase())
+    Some(if raw.iter().any(u8::is_ascii_uppercase) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    })
 }
 
 /// Lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut s = Vec::with_capacity(bytes.len() * 2);
     push_hex(&mut s, bytes);
-    s
+    // Only ASCII digits were pushed.
+    String::from_utf8(s).unwrap_or_default()
 }
 
-/// Appends `bytes` in lower-case hex (the hot path builds Redis keys with it).
-pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// Appends `bytes` in lower-case hex (the hot path builds Redis keys with it: Redis
+/// keys are bytes, so no UTF-8 bookkeeping per digit; two digits per table look-up).
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+            i += 1;
+        }
+        t
+    };
     out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
+    for &b in bytes {
+        out.extend_from_slice(&PAIRS[usize::from(b)]);
     }
 }
 
@@ -145,6 +193,37 @@ mod tests {
             normalise_query(Some("a=1"), &[]),
             normalise_query(Some("a=2"), &[])
         );
+    }
+
+    #[test]
+    fn long_keys_hash_like_short_ones() {
+        // Past the stack buffer the builder streams: the digest must still be BLAKE3
+        // of every component, in order.
+        let long = vec![b'q'; 3 * KEY_BUF];
+        let mut expected = blake3::Hasher::new();
+        expected.update(b"palisade-cache-");
+        expected.update(FORMAT_VERSION.as_bytes());
+        for part in [&b"GET"[..], &long, b"tail"] {
+            expected.update(&(part.len() as u64).to_le_bytes());
+            expected.update(part);
+        }
+        let got = KeyBuilder::new()
+            .part(b"GET")
+            .part(&long)
+            .part(b"tail")
+            .finish();
+        assert_eq!(got, *expected.finalize().as_bytes());
+        let short = KeyBuilder::new().part(b"GET").finish();
+        let mut expected = blake3::Hasher::new();
+        expected.update(b"palisade-cache-v1");
+        expected.update(&3u64.to_le_bytes());
+        expected.update(b"GET");
+        assert_eq!(short, *expected.finalize().as_bytes());
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
     }
 
     #[test]

@@ -109,7 +109,8 @@ pub(crate) fn is_credential_header(name: &str) -> bool {
 /// Request headers a handler (or framework) may act on but which are not part of the
 /// key: a request carrying one is served from the cache but never fills it, so it
 /// cannot poison an entry (e.g. `X-Forwarded-Host` reflected into absolute links).
-/// `HeaderName`s, not strings: looking them up then needs no parsing per request.
+/// [`RequestHeaders::scan`] matches the same names; a test keeps the two in step.
+#[cfg(test)]
 pub(crate) const UNKEYED_HEADERS: [HeaderName; 12] = [
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-server"),
@@ -124,6 +125,50 @@ pub(crate) const UNKEYED_HEADERS: [HeaderName; 12] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
+
+/// What a request's header names say about caching it, found in one pass over the
+/// names (a hash lookup per listed name would be ~20 lookups per request).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestHeaders {
+    /// `Transfer-Encoding` or `Content-Length` is present.
+    pub(crate) body_framing: bool,
+    /// One of [`CREDENTIAL_HEADERS`].
+    pub(crate) credentials: bool,
+    /// A header a handler may act on but which is not part of the key, such as
+    /// `X-Forwarded-Host`: the request is served from the cache but never fills it.
+    pub(crate) unkeyed: bool,
+    /// `X-Forwarded-Proto` or `Forwarded` (unkeyed unless a trusted proxy sent it).
+    pub(crate) forwarding: bool,
+}
+
+impl RequestHeaders {
+    pub(crate) fn scan(headers: &http::HeaderMap) -> Self {
+        let mut found = Self::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "transfer-encoding" | "content-length" => found.body_framing = true,
+                "authorization" | "proxy-authorization" | "cookie" | "x-api-key" | "api-key" => {
+                    found.credentials = true;
+                }
+                "x-forwarded-host"
+                | "x-forwarded-server"
+                | "x-forwarded-port"
+                | "x-forwarded-prefix"
+                | "x-forwarded-scheme"
+                | "x-host"
+                | "x-original-url"
+                | "x-original-host"
+                | "x-rewrite-url"
+                | "x-http-method-override"
+                | "x-http-method"
+                | "x-method-override" => found.unkeyed = true,
+                "x-forwarded-proto" | "forwarded" => found.forwarding = true,
+                _ => {}
+            }
+        }
+        found
+    }
+}
 
 /// Whether the response carries a CSP nonce (a per-response secret: storing it would
 /// replay one nonce to every client and defeat the policy).
@@ -313,5 +358,39 @@ mod tests {
         .unwrap();
         assert_eq!(names, ["accept-encoding", "accept-language"]);
         assert!(vary_names(&headers(&[("vary", "accept, *")])).is_err());
+    }
+
+    #[test]
+    fn header_scan_knows_every_listed_name() {
+        let scan = |name: &HeaderName| {
+            let mut h = http::HeaderMap::new();
+            h.insert(name, http::HeaderValue::from_static("x"));
+            RequestHeaders::scan(&h)
+        };
+        for name in &CREDENTIAL_HEADERS {
+            assert!(scan(name).credentials, "{name}");
+            assert!(!scan(name).unkeyed, "{name}");
+        }
+        for name in &UNKEYED_HEADERS {
+            assert!(scan(name).unkeyed, "{name}");
+            assert!(!scan(name).credentials, "{name}");
+        }
+        for name in [
+            http::header::TRANSFER_ENCODING,
+            http::header::CONTENT_LENGTH,
+        ] {
+            assert!(scan(&name).body_framing, "{name}");
+        }
+        for name in [
+            HeaderName::from_static("x-forwarded-proto"),
+            http::header::FORWARDED,
+        ] {
+            assert!(scan(&name).forwarding, "{name}");
+        }
+        assert_eq!(
+            scan(&http::header::ACCEPT),
+            RequestHeaders::default(),
+            "an ordinary header"
+        );
     }
 }

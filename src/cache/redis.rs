@@ -20,11 +20,19 @@
 //! purge after that read changes a generation the entry carries. Either way no
 //! entry outlives a purge that started after its fill.
 //!
+//! A hit decodes the value only the first time this replica sees it: the last decoded
+//! entry of each of 256 slots (picked by the key) is kept with the bytes it came
+//! from, and a lookup that gets the very same bytes back from Redis (compared in
+//! full, so a refill or a damaged value is decoded anew) reuses it. That skips the
+//! checksum, the header parsing, any LZ4 decompression and a dozen allocations per
+//! hit, for at most 256 values of up to 64 KiB each kept in memory (a decoded body
+//! shares the bytes it was decoded from, unless it was compressed).
+//!
 //! Every call goes through [`RedisPool`] (timeout and circuit breaker): when Redis is
 //! down the layer passes requests through at the cost of at most one timeout per
 //! breaker interval.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use redis::Cmd;
@@ -37,6 +45,7 @@ use crate::redis::RedisPool;
 
 pub(crate) struct RedisStore {
     pool: RedisPool,
+    decoded: Decoded,
     /// `"{key_prefix}v1:"`.
     prefix: String,
     tier: Option<MemoryStore>,
@@ -72,6 +81,50 @@ fn random_gen() -> u64 {
     u64::from_le_bytes(out).max(1)
 }
 
+/// The last decoded entry of each slot, with the exact bytes it was decoded from.
+struct Decoded {
+    slots: Box<[Slot]>,
+}
+
+type Slot = Mutex<Option<(Bytes, Arc<Stored>)>>;
+
+impl Decoded {
+    const SLOTS: usize = 256;
+    /// Larger values are decoded on every hit: keeps the memory held here bounded.
+    const MAX_VALUE: usize = 64 * 1024;
+
+    fn new() -> Self {
+        Self {
+            slots: (0..Self::SLOTS).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    fn slot(&self, key: &[u8; 32]) -> &Slot {
+        &self.slots[usize::from(key[0]) % Self::SLOTS]
+    }
+
+    /// The entry decoded from exactly `value`, if this slot holds it.
+    fn get(&self, key: &[u8; 32], value: &Bytes) -> Option<Arc<Stored>> {
+        if value.len() > Self::MAX_VALUE {
+            return None;
+        }
+        let slot = self.slot(key).lock().ok()?;
+        match &*slot {
+            Some((bytes, rec)) if bytes == value => Some(rec.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: &[u8; 32], value: Bytes, rec: Arc<Stored>) {
+        if value.len() > Self::MAX_VALUE {
+            return;
+        }
+        if let Ok(mut slot) = self.slot(key).lock() {
+            *slot = Some((value, rec));
+        }
+    }
+}
+
 impl RedisStore {
     pub(crate) fn new(
         pool: RedisPool,
@@ -82,6 +135,7 @@ impl RedisStore {
     ) -> Self {
         Self {
             pool,
+            decoded: Decoded::new(),
             prefix: format!("{key_prefix}{FORMAT_VERSION}:"),
             tier,
             gen_ttl_ms: max_lifetime_ms + 3_600_000,
@@ -89,26 +143,26 @@ impl RedisStore {
         }
     }
 
-    /// `P v1:{<group>}:` followed by `suffix` (built without `format!`: this runs
-    /// on every lookup).
-    fn group_key(&self, group: &[u8; 16], suffix: &[u8]) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + 36 + suffix.len() * 2 + 4);
-        k.push_str(&self.prefix);
-        k.push('{');
+    /// `P v1:{<group>}:` with room for `extra` more bytes (built without `format!`:
+    /// this runs on every lookup).
+    fn group_key(&self, group: &[u8; 16], extra: usize) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + 36 + extra);
+        k.extend_from_slice(self.prefix.as_bytes());
+        k.push(b'{');
         push_hex(&mut k, group);
-        k.push_str("}:");
+        k.extend_from_slice(b"}:");
         k
     }
 
-    fn entry_key(&self, key: &Key) -> String {
-        let mut k = self.group_key(&key.group, &key.full);
+    fn entry_key(&self, key: &Key) -> Vec<u8> {
+        let mut k = self.group_key(&key.group, 64);
         push_hex(&mut k, &key.full);
         k
     }
 
-    fn gen_key(&self, group: &[u8; 16]) -> String {
-        let mut k = self.group_key(group, b"");
-        k.push_str("gen");
+    fn gen_key(&self, group: &[u8; 16]) -> Vec<u8> {
+        let mut k = self.group_key(group, 3);
+        k.extend_from_slice(b"gen");
         k
     }
 
@@ -151,16 +205,27 @@ impl RedisStore {
                 Err(e) => Err(err(e)),
             };
         }
-        let entry_key = self.entry_key(key);
+        // Both keys start with the group's prefix: hex-encode it once.
+        let mut entry_key = self.group_key(&key.group, 64);
+        let mut gen_key = Vec::with_capacity(entry_key.len() + 3);
+        gen_key.extend_from_slice(&entry_key);
+        gen_key.extend_from_slice(b"gen");
+        push_hex(&mut entry_key, &key.full);
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.gen_key(&key.group)).arg(&entry_key);
+        cmd.arg(gen_key).arg(&entry_key);
         let (g, v): (Option<Vec<u8>>, Option<Vec<u8>>) =
             self.pool.query("cache_get", &cmd).await.map_err(err)?;
         let gen_ = parse_gen(g);
         let Some(v) = v else {
             return Ok((None, gen_));
         };
-        let Some(rec) = Stored::decode(Bytes::from(v)) else {
+        let v = Bytes::from(v);
+        let decoded = self.decoded.get(&key.full, &v);
+        let Some(rec) = decoded.or_else(|| {
+            let rec = Arc::new(Stored::decode(v.clone())?);
+            self.decoded.put(&key.full, v, rec.clone());
+            Some(rec)
+        }) else {
             // Corrupt, truncated or another format version: a miss; drop it.
             let pool = self.pool.clone();
             tokio::spawn(async move {
@@ -173,7 +238,6 @@ impl RedisStore {
         if rec.expires_at_ms() <= now_ms {
             return Ok((None, gen_));
         }
-        let rec = Arc::new(rec);
         if let Some(tier) = &self.tier {
             tier.put(key.full, rec.clone());
         }
@@ -199,7 +263,7 @@ impl RedisStore {
         }
     }
 
-    fn set_gen(&self, key: String) -> Cmd {
+    fn set_gen(&self, key: impl redis::ToRedisArgs) -> Cmd {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key)
             .arg(random_gen().to_string())
@@ -280,5 +344,47 @@ impl RedisStore {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.lock_key(key));
         let _ = self.pool.query::<i64>("cache_lock", &cmd).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::entry::{Kind, Stored};
+    use super::*;
+
+    fn record(gen_: u64) -> (Bytes, Arc<Stored>) {
+        let rec = Stored {
+            gen_,
+            stored_at_ms: 1,
+            fresh_until_ms: 2,
+            swr_until_ms: 0,
+            sie_until_ms: 0,
+            tags: Vec::new(),
+            kind: Kind::Variants(Vec::new()),
+        };
+        let bytes = Bytes::from(rec.encode(0));
+        (bytes, Arc::new(rec))
+    }
+
+    #[test]
+    fn decoded_entries_are_reused_only_for_identical_bytes() {
+        let memo = Decoded::new();
+        let key = [9u8; 32];
+        let (bytes, rec) = record(1);
+        assert!(memo.get(&key, &bytes).is_none(), "nothing decoded yet");
+        memo.put(&key, bytes.clone(), rec.clone());
+        let again = Bytes::copy_from_slice(&bytes);
+        assert!(Arc::ptr_eq(&memo.get(&key, &again).unwrap(), &rec));
+        // A refill under the same key, or a damaged copy, is decoded anew.
+        let (refill, _) = record(2);
+        assert!(memo.get(&key, &refill).is_none());
+        let mut damaged = bytes.to_vec();
+        damaged[5] ^= 1;
+        assert!(memo.get(&key, &Bytes::from(damaged)).is_none());
+        // Values too large to keep are never kept.
+        let big = Bytes::from(vec![0u8; Decoded::MAX_VALUE + 1]);
+        memo.put(&key, big.clone(), rec);
+        assert!(memo.get(&key, &big).is_none());
     }
 }

@@ -11,8 +11,8 @@ use axum::extract::Request;
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, FORWARDED, HOST,
-    IF_NONE_MATCH, LOCATION, TRANSFER_ENCODING, VARY,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, HOST, IF_NONE_MATCH,
+    LOCATION, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tower::{Service, ServiceExt};
@@ -28,7 +28,6 @@ use crate::identity::Identity;
 use crate::outcome::CacheStatus;
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 const HIT: HeaderValue = HeaderValue::from_static("HIT");
@@ -96,6 +95,9 @@ struct Ctx {
     fill_block: Option<&'static str>,
 }
 
+/// The hit path (lookup, serve) runs inline; every other path's future is boxed
+/// where it is awaited, so the future of a hit stays small (it is moved into its
+/// box on every request).
 async fn handle<S>(shared: Arc<Shared>, mut inner: S, req: Request, ri: usize) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -106,13 +108,13 @@ where
     if method != Method::GET && method != Method::HEAD {
         let unsafe_method = !method.is_safe();
         let target = unsafe_method
-            .then(|| request_host(&req).map(|h| (h, req.uri().path().to_owned())))
+            .then(|| request_host(&req).map(|h| (h.into_owned(), req.uri().path().to_owned())))
             .flatten();
-        let mut res = call(&mut inner, req).await;
+        let mut res = Box::pin(call(&mut inner, req)).await;
         if let Some((host, path)) = target
             && (res.status().is_success() || res.status().is_redirection())
         {
-            invalidate_after(&shared, &host, &path, res.headers()).await;
+            Box::pin(invalidate_after(&shared, &host, &path, res.headers())).await;
         }
         mark(
             &mut res,
@@ -126,14 +128,14 @@ where
     }
     let ctx = match prepare(&req, rule) {
         Ok(ctx) => ctx,
-        Err(reason) => return bypass(call(&mut inner, req).await, reason),
+        Err(reason) => return bypass(Box::pin(call(&mut inner, req)).await, reason),
     };
     let now = shared.clock.now_ms();
     let (found, gen_) = match lookup(&shared, &ctx.key, req.headers(), now).await {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(error = %e, "cache lookup failed; passing through");
-            return bypass(call(&mut inner, req).await, "store-error");
+            return bypass(Box::pin(call(&mut inner, req)).await, "store-error");
         }
     };
     let mut stale = None;
@@ -162,18 +164,24 @@ where
     if ctx.head || ctx.fill_block.is_some() {
         // These never fill, but an entry being filled right now serves them too.
         if let Some(rx) = shared.flights.peek(&ctx.key.full) {
-            flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
+            Box::pin(flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT)).await;
         }
-        if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
+        if let Some(res) = Box::pin(second_look(&shared, &ctx, req.headers())).await {
             return res;
         }
-        return fill_from(&shared, &mut inner, req, rule, &ctx, gen_, stale, None).await;
+        return Box::pin(fill_from(
+            &shared, &mut inner, req, rule, &ctx, gen_, stale, None,
+        ))
+        .await;
     }
     if ctx.shared_credentialed {
         // Fills only if the response is `public`; leads when nobody else does, so
         // that requests arriving meanwhile wait for that possible entry.
         let guard = shared.flights.try_lead(ctx.key.full);
-        return fill_from(&shared, &mut inner, req, rule, &ctx, gen_, stale, guard).await;
+        return Box::pin(fill_from(
+            &shared, &mut inner, req, rule, &ctx, gen_, stale, guard,
+        ))
+        .await;
     }
     let mut gen_ = gen_;
     let mut reason = "collapsed-miss";
@@ -185,19 +193,21 @@ where
             Role::Leader(mut guard) => {
                 // A remote store may have finished a fill between our lookup and
                 // taking the lead: look once more.
-                if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
+                if let Some(res) = Box::pin(second_look(&shared, &ctx, req.headers())).await {
                     return res;
                 }
                 #[cfg(feature = "redis")]
                 if shared.lock
                     && let super::Store::Redis(store) = &shared.store
                 {
-                    match fleet_lock(&shared, store, &ctx, req.headers(), &mut guard).await {
+                    match Box::pin(fleet_lock(&shared, store, &ctx, req.headers(), &mut guard))
+                        .await
+                    {
                         Ok(()) => {}
                         Err(served) => return served,
                     }
                 }
-                return fill_from(
+                return Box::pin(fill_from(
                     &shared,
                     &mut inner,
                     req,
@@ -206,13 +216,13 @@ where
                     gen_,
                     stale,
                     Some(guard),
-                )
+                ))
                 .await;
             }
             Role::Follower(rx) => {
-                let waited = flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
+                let waited = Box::pin(flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT)).await;
                 let now = shared.clock.now_ms();
-                match lookup(&shared, &ctx.key, req.headers(), now).await {
+                match Box::pin(lookup(&shared, &ctx.key, req.headers(), now)).await {
                     Ok((Some((rec, _)), _))
                         if matches!(rec.kind, Kind::Response(_)) && now < rec.fresh_until_ms =>
                     {
@@ -244,7 +254,7 @@ where
             }
         }
     }
-    let mut res = call(&mut inner, req).await;
+    let mut res = Box::pin(call(&mut inner, req)).await;
     mark_miss(&mut res, reason);
     res
 }
@@ -339,7 +349,7 @@ where
 
 /// The validated host of a request: the absolute-form authority or the single
 /// `Host` header (they must agree when both are present).
-fn request_host(req: &Request) -> Option<String> {
+fn request_host(req: &Request) -> Option<std::borrow::Cow<'_, str>> {
     let mut hosts = req.headers().get_all(HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {
@@ -361,28 +371,23 @@ fn request_host(req: &Request) -> Option<String> {
 
 fn prepare(req: &Request, rule: &Rule) -> Result<Ctx, &'static str> {
     let headers = req.headers();
-    if headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
+    let scan = policy::RequestHeaders::scan(headers);
+    if scan.body_framing
+        && (headers.contains_key(TRANSFER_ENCODING)
+            || headers
+                .get(CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"))
     {
         return Err("request-body");
     }
     let host = request_host(req).ok_or("host")?;
     let identity = req.extensions().get::<Identity>();
-    let has_credentials = identity.is_some()
-        || policy::CREDENTIAL_HEADERS
-            .iter()
-            .any(|h| headers.contains_key(h));
+    let has_credentials = identity.is_some() || scan.credentials;
     if has_credentials && rule.per_identity && identity.is_none() {
         return Err("credentials");
     }
     let info = client_info(req);
-    let unkeyed = policy::UNKEYED_HEADERS
-        .iter()
-        .any(|h| headers.contains_key(h))
-        || (!info.forwarded
-            && (headers.contains_key(X_FORWARDED_PROTO) || headers.contains_key(FORWARDED)));
+    let unkeyed = scan.unkeyed || (!info.forwarded && scan.forwarding);
     let uri = req.uri();
     let mut b = KeyBuilder::new();
     b.part(b"GET")
@@ -482,7 +487,7 @@ fn serve(
     let age = now.saturating_sub(rec.stored_at_ms) / 1000;
     let ttl = (rec.fresh_until_ms as i64 - now as i64).div_euclid(1000);
     let (status, reason, cache_status) = match how {
-        Served::Hit => (CacheStatus::Hit, "hit", format!("palisade; hit; ttl={ttl}")),
+        Served::Hit => (CacheStatus::Hit, "hit", hit_status(ttl)),
         Served::Collapsed => (
             CacheStatus::Hit,
             "collapsed",
@@ -547,6 +552,16 @@ fn serve(
         Some(HeaderValue::from(age)),
     );
     res
+}
+
+/// `palisade; hit; ttl=N` without `format!` (every hit writes it).
+fn hit_status(ttl: i64) -> String {
+    let mut itoa = itoa::Buffer::new();
+    let ttl = itoa.format(ttl);
+    let mut s = String::with_capacity(20 + ttl.len());
+    s.push_str("palisade; hit; ttl=");
+    s.push_str(ttl);
+    s
 }
 
 /// Weak comparison (RFC 9110 §13.1.2), `*` included.
@@ -947,6 +962,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hit_status_reads_like_format() {
+        for ttl in [0, 7, -1, 3600, i64::MAX] {
+            assert_eq!(hit_status(ttl), format!("palisade; hit; ttl={ttl}"));
+        }
+    }
 
     #[test]
     fn http_dates() {

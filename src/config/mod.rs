@@ -247,4 +247,23 @@ mod tests {
         .unwrap();
         Config::from_toml_str(&text).unwrap();
     }
+
+    #[test]
+    fn the_bench_configs_parse() {
+        // benches/load.sh and benches/stack.rs start servers with these; a key renamed
+        // here would otherwise first fail in a benchmark run.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if let Err(e) = Config::from_toml_str(&text) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "found only {checked} configs in {dir}");
+    }
 }
