@@ -106,8 +106,9 @@ fn handler_raw_get(pool: &RedisPool, cmd: &std::sync::Arc<redis::Cmd>) -> Router
 }
 
 /// Seven interleaved rounds (rotating order) of 64 000 operations by 64 tasks for the
-/// raw `GET`, the hand-written handler and the cache hit: the median rate of each and
-/// the median, within a round, of the hit's rate over the other two. Criterion runs
+/// raw `GET`, the hand-written handler, the cache hit and the raw `GET` through a
+/// pool without `auto_pipeline`: the median rate of each and the median, within a
+/// round, of the hit's rate over the others. Criterion runs
 /// one variant after the other, and this VM's drift between such runs is larger than
 /// the differences measured.
 fn paired_64_tasks(
@@ -137,10 +138,31 @@ fn paired_64_tasks(
             }
         })
     };
-    let variants: [(&str, &dyn Fn() -> Duration); 3] = [
+    // The same GET through a pool without `auto_pipeline`: redis-rs writing each
+    // command as it comes.
+    let plain = RedisPool::from_config(
+        &RedisConfig::single(
+            std::env::var("PALISADE_BENCH_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        )
+        .with_auto_pipeline(false),
+    )
+    .unwrap()
+    .unwrap();
+    let raw_plain = || {
+        let (pool, cmd) = (plain.clone(), cmd.clone());
+        concurrent(rt, OPS, move || {
+            let (pool, cmd) = (pool.clone(), cmd.clone());
+            async move {
+                pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
+            }
+        })
+    };
+    let variants: [(&str, &dyn Fn() -> Duration); 4] = [
         ("raw GET", &raw),
         ("handler doing the raw GET", &|| http(by_hand)),
         ("cache hit through the layer", &|| http(app)),
+        ("raw GET, auto_pipeline = false", &raw_plain),
     ];
     let mut rates = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
@@ -159,16 +181,20 @@ fn paired_64_tasks(
     }
     let ratio = |of: usize| median((0..ROUNDS).map(|r| rates[2][r] / rates[of][r]).collect());
     println!(
-        "cache hit rate: {:.2} x raw GET, {:.2} x the handler doing the raw GET",
+        "cache hit rate: {:.2} x raw GET, {:.2} x the handler doing the raw GET, \
+         {:.2} x raw GET without auto_pipeline",
         ratio(0),
-        ratio(1)
+        ratio(1),
+        ratio(3)
     );
 }
 
 fn redis_pool(rt: &tokio::runtime::Runtime) -> Option<RedisPool> {
     let url = std::env::var("PALISADE_BENCH_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let pool = RedisPool::from_config(&RedisConfig::single(url.clone()))
+    // `CACHE_BENCH_AUTO_PIPELINE=false`: the layer's pool without auto-pipelining.
+    let auto = std::env::var("CACHE_BENCH_AUTO_PIPELINE").as_deref() != Ok("false");
+    let pool = RedisPool::from_config(&RedisConfig::single(url.clone()).with_auto_pipeline(auto))
         .ok()
         .flatten()?;
     // The first call may race the background connect.

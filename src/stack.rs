@@ -368,6 +368,8 @@ where
 
 // The stack's concrete type, level by level from the handler out. A layer switched
 // off in config is the `Either`'s right side; a layer compiled out is no level at all.
+// Unused in a build with every optional layer compiled out (`--features redis` alone).
+#[allow(dead_code)]
 type Either<A, B> = tower::util::Either<A, B>;
 type L0<S> = BoxedHandler<S>;
 #[cfg(feature = "cache")]

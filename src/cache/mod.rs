@@ -397,7 +397,9 @@ impl Store {
         match self {
             Store::Memory(m) => Ok((m.get(&key.full, now_ms), m.gens.group(&key.group))),
             #[cfg(feature = "redis")]
-            Store::Redis(r) => r.get(key, now_ms).await,
+            // Boxed: about 500 bytes that every cache future would otherwise carry,
+            // pushing a hit's future past 1 KiB (glibc's slower allocation path).
+            Store::Redis(r) => Box::pin(r.get(key, now_ms)).await,
         }
     }
 

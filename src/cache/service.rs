@@ -80,7 +80,28 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        Box::pin(async move { Ok(handle(shared, inner, req, rule).await) })
+        let fut = Infallibly {
+            inner: handle(shared, inner, req, rule),
+        };
+        Box::pin(fut)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future of a `Response` as the `Result` a `Service` returns. Not an `async`
+    /// block around it: that would keep a second copy of the request it captured
+    /// next to the future it moved it into.
+    struct Infallibly<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future<Output = Response>> Future for Infallibly<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
     }
 }
 
@@ -95,9 +116,9 @@ struct Ctx {
     fill_block: Option<&'static str>,
 }
 
-/// The hit path (lookup, serve) runs inline; every other path's future is boxed
-/// where it is awaited, so the future of a hit stays small (it is moved into its
-/// box on every request).
+/// A hit (lookup, serve) runs inline; every other path is a boxed future of its
+/// own, so the future of a hit stays small: it is moved into its box on every
+/// request, and a future over 1 KiB also leaves glibc's fast allocation path.
 async fn handle<S>(shared: Arc<Shared>, mut inner: S, req: Request, ri: usize) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -106,25 +127,7 @@ where
     let rule = &shared.rules[ri];
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
-        let unsafe_method = !method.is_safe();
-        let target = unsafe_method
-            .then(|| request_host(&req).map(|h| (h.into_owned(), req.uri().path().to_owned())))
-            .flatten();
-        let mut res = Box::pin(call(&mut inner, req)).await;
-        if let Some((host, path)) = target
-            && (res.status().is_success() || res.status().is_redirection())
-        {
-            Box::pin(invalidate_after(&shared, &host, &path, res.headers())).await;
-        }
-        mark(
-            &mut res,
-            CacheStatus::Bypass,
-            "method",
-            HeaderValue::from_static("palisade; fwd=method"),
-            MISS,
-            None,
-        );
-        return res;
+        return Box::pin(other_method(shared, inner, req)).await;
     }
     let ctx = match prepare(&req, rule) {
         Ok(ctx) => ctx,
@@ -161,27 +164,67 @@ where
             stale = Some(rec.clone());
         }
     }
+    Box::pin(after_miss(shared, inner, req, ri, ctx, gen_, stale)).await
+}
+
+/// Methods other than GET and HEAD: passed through; a successful unsafe one
+/// invalidates what is stored for its target.
+async fn other_method<S>(shared: Arc<Shared>, mut inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let unsafe_method = !req.method().is_safe();
+    let target = unsafe_method
+        .then(|| request_host(&req).map(|h| (h.into_owned(), req.uri().path().to_owned())))
+        .flatten();
+    let mut res = call(&mut inner, req).await;
+    if let Some((host, path)) = target
+        && (res.status().is_success() || res.status().is_redirection())
+    {
+        invalidate_after(&shared, &host, &path, res.headers()).await;
+    }
+    mark(
+        &mut res,
+        CacheStatus::Bypass,
+        "method",
+        HeaderValue::from_static("palisade; fwd=method"),
+        MISS,
+        None,
+    );
+    res
+}
+
+/// No fresh entry: wait for a fill in flight, fill, or pass through.
+async fn after_miss<S>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request,
+    ri: usize,
+    ctx: Ctx,
+    gen_: u64,
+    stale: Option<Arc<Stored>>,
+) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let rule = &shared.rules[ri];
     if ctx.head || ctx.fill_block.is_some() {
         // These never fill, but an entry being filled right now serves them too.
         if let Some(rx) = shared.flights.peek(&ctx.key.full) {
-            Box::pin(flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT)).await;
+            flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
         }
-        if let Some(res) = Box::pin(second_look(&shared, &ctx, req.headers())).await {
+        if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
             return res;
         }
-        return Box::pin(fill_from(
-            &shared, &mut inner, req, rule, &ctx, gen_, stale, None,
-        ))
-        .await;
+        return fill_from(&shared, &mut inner, req, rule, &ctx, gen_, stale, None).await;
     }
     if ctx.shared_credentialed {
         // Fills only if the response is `public`; leads when nobody else does, so
         // that requests arriving meanwhile wait for that possible entry.
         let guard = shared.flights.try_lead(ctx.key.full);
-        return Box::pin(fill_from(
-            &shared, &mut inner, req, rule, &ctx, gen_, stale, guard,
-        ))
-        .await;
+        return fill_from(&shared, &mut inner, req, rule, &ctx, gen_, stale, guard).await;
     }
     let mut gen_ = gen_;
     let mut reason = "collapsed-miss";
@@ -193,21 +236,19 @@ where
             Role::Leader(mut guard) => {
                 // A remote store may have finished a fill between our lookup and
                 // taking the lead: look once more.
-                if let Some(res) = Box::pin(second_look(&shared, &ctx, req.headers())).await {
+                if let Some(res) = second_look(&shared, &ctx, req.headers()).await {
                     return res;
                 }
                 #[cfg(feature = "redis")]
                 if shared.lock
                     && let super::Store::Redis(store) = &shared.store
                 {
-                    match Box::pin(fleet_lock(&shared, store, &ctx, req.headers(), &mut guard))
-                        .await
-                    {
+                    match fleet_lock(&shared, store, &ctx, req.headers(), &mut guard).await {
                         Ok(()) => {}
                         Err(served) => return served,
                     }
                 }
-                return Box::pin(fill_from(
+                return fill_from(
                     &shared,
                     &mut inner,
                     req,
@@ -216,13 +257,13 @@ where
                     gen_,
                     stale,
                     Some(guard),
-                ))
+                )
                 .await;
             }
             Role::Follower(rx) => {
-                let waited = Box::pin(flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT)).await;
+                let waited = flight::wait(rx, COLLAPSE_WAIT, STREAM_WAIT).await;
                 let now = shared.clock.now_ms();
-                match Box::pin(lookup(&shared, &ctx.key, req.headers(), now)).await {
+                match lookup(&shared, &ctx.key, req.headers(), now).await {
                     Ok((Some((rec, _)), _))
                         if matches!(rec.kind, Kind::Response(_)) && now < rec.fresh_until_ms =>
                     {
@@ -254,7 +295,7 @@ where
             }
         }
     }
-    let mut res = Box::pin(call(&mut inner, req)).await;
+    let mut res = call(&mut inner, req).await;
     mark_miss(&mut res, reason);
     res
 }
@@ -452,7 +493,9 @@ async fn lookup(
     let mut key = *primary;
     if let Kind::Variants(names) = &rec.kind {
         key = variant_key(primary, names, headers);
-        let (inner, _) = shared.store.get(&key, now).await?;
+        // Boxed, as is the tag check below: only entries with `Vary` or tags need
+        // them, and a hit's future would otherwise carry their space too.
+        let (inner, _) = Box::pin(shared.store.get(&key, now)).await?;
         match inner.filter(|r| r.gen_ == gen_ && matches!(r.kind, Kind::Response(_))) {
             Some(r) => rec = r,
             None => return Ok((None, gen_)),
@@ -460,7 +503,7 @@ async fn lookup(
     }
     if !rec.tags.is_empty() {
         let names: Vec<String> = rec.tags.iter().map(|(t, _)| t.clone()).collect();
-        let current = shared.store.tag_gens(&names).await?;
+        let current = Box::pin(shared.store.tag_gens(&names)).await?;
         if rec.tags.iter().zip(&current).any(|((_, v), c)| v != c) {
             return Ok((None, gen_));
         }

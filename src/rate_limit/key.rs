@@ -132,7 +132,8 @@ impl KeyValue {
         }
     }
 
-    /// The 128 bits.
+    /// The 128 bits (Redis keys and tests).
+    #[cfg(any(feature = "redis", test))]
     #[inline]
     pub(crate) fn value(&self) -> u128 {
         (u128::from(self.hi) << 64) | u128::from(self.lo)

@@ -733,6 +733,7 @@ impl Stage {
 
     /// Decides with the in-memory store (all-or-nothing across the policies),
     /// filling in the entries `applicable` made.
+    #[cfg(feature = "redis")]
     fn decide_memory(&self, entries: Entries) -> Verdict {
         let mut v = Verdict {
             entries,
