@@ -437,7 +437,10 @@ impl RedisPool {
             !std::mem::replace(&mut batch.flush_pending, true)
         };
         if spawn {
-            tokio::spawn(flush(self.inner.clone()));
+            tokio::spawn(flush(PendingFlush {
+                inner: self.inner.clone(),
+                taken: false,
+            }));
         }
         rx.await.unwrap_or_else(|_| {
             // The flush timed out and dropped the batch (the caller's own deadline
@@ -578,17 +581,14 @@ impl Cluster {
 /// caller its reply. It first yields once, so that the other tasks that are ready to
 /// run (other requests) queue their commands too: under load, one write and one
 /// read serve many calls; alone, a call waits one scheduler pass.
-async fn flush(inner: Arc<Inner>) {
+async fn flush(mut pending: PendingFlush) {
+    let inner = pending.inner.clone();
     let Backend::Single(single) = &inner.backend else {
         return;
     };
     let Some(batch) = &single.batch else { return };
     tokio::task::yield_now().await;
-    let queued = {
-        let mut batch = batch.lock().unwrap_or_else(PoisonError::into_inner);
-        batch.flush_pending = false;
-        std::mem::take(&mut batch.queued)
-    };
+    let queued = pending.take(batch);
     if queued.is_empty() {
         return;
     }
@@ -646,6 +646,40 @@ async fn flush(inner: Arc<Inner>) {
     }
 }
 
+/// The flush task's claim on the queue. If the task is dropped before it takes the
+/// queue (its runtime shutting down, say), the claim is released and the queued
+/// calls fail at once: a flag left set would make every later call wait for a
+/// flush that never comes.
+struct PendingFlush {
+    inner: Arc<Inner>,
+    taken: bool,
+}
+
+impl PendingFlush {
+    fn take(&mut self, batch: &std::sync::Mutex<Batch>) -> Vec<Queued> {
+        let mut batch = batch.lock().unwrap_or_else(PoisonError::into_inner);
+        batch.flush_pending = false;
+        self.taken = true;
+        std::mem::take(&mut batch.queued)
+    }
+}
+
+impl Drop for PendingFlush {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let inner = self.inner.clone();
+        if let Backend::Single(Single {
+            batch: Some(batch), ..
+        }) = &inner.backend
+        {
+            // Dropping the replies' senders fails their calls.
+            drop(self.take(batch));
+        }
+    }
+}
+
 async fn send_one(manager: &mut ConnectionManager, cmd: &Cmd) -> RedisResult<Value> {
     match manager.req_packed_command(cmd).await {
         Err(e) if e.is_connection_refusal() => manager.req_packed_command(cmd).await,
@@ -691,10 +725,13 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A queued command and where its reply goes.
+type Queued = (Cmd, tokio::sync::oneshot::Sender<RedisResult<Value>>);
+
 /// Commands of concurrent calls, written together by one flush task.
 #[derive(Default)]
 struct Batch {
-    queued: Vec<(Cmd, tokio::sync::oneshot::Sender<RedisResult<Value>>)>,
+    queued: Vec<Queued>,
     /// A flush task is spawned and has not taken the queue yet.
     flush_pending: bool,
 }
@@ -982,6 +1019,39 @@ impl Drop for Permit<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flush_dropped_before_it_ran_releases_the_queue() {
+        // A flush task dropped unpolled (its runtime shut down) must not leave the
+        // queue claimed: later calls would wait for a flush that never comes.
+        let pool = RedisPool::from_url("redis://127.0.0.1:1").unwrap();
+        let Backend::Single(Single {
+            batch: Some(batch), ..
+        }) = &pool.inner.backend
+        else {
+            unreachable!("auto_pipeline is on by default")
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        {
+            let mut b = batch.lock().unwrap();
+            b.queued.push((redis::cmd("PING"), tx));
+            b.flush_pending = true;
+        }
+        drop(PendingFlush {
+            inner: pool.inner.clone(),
+            taken: false,
+        });
+        let b = batch.lock().unwrap();
+        assert!(!b.flush_pending);
+        assert!(b.queued.is_empty());
+        assert!(
+            matches!(
+                rx.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed)
+            ),
+            "the queued call is failed, not kept"
+        );
+    }
 
     #[test]
     fn key_slots_match_redis_cluster() {
