@@ -91,6 +91,33 @@ where
     })
 }
 
+/// `n` raw `GET`s by 64 tasks; the elapsed time.
+fn gets(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    pool: &RedisPool,
+    cmd: &std::sync::Arc<redis::Cmd>,
+) -> Duration {
+    let (pool, cmd) = (pool.clone(), cmd.clone());
+    concurrent(rt, n, move || {
+        let (pool, cmd) = (pool.clone(), cmd.clone());
+        async move {
+            pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
+        }
+    })
+}
+
+/// `n` requests for `/items/1` by 64 tasks; the elapsed time.
+fn fetches(rt: &tokio::runtime::Runtime, n: u64, router: &Router) -> Duration {
+    let router = router.clone();
+    concurrent(rt, n, move || {
+        let router = router.clone();
+        async move {
+            fetch(&router, "/items/1").await;
+        }
+    })
+}
+
 /// What a hand-written cache costs at the least: a handler that GETs the same bytes
 /// and returns them, through the same kind of router (the request and response that
 /// a hit also builds are then on both sides).
@@ -120,24 +147,6 @@ fn paired_64_tasks(
 ) {
     const ROUNDS: usize = 7;
     const OPS: u64 = 64_000;
-    let raw = || {
-        let (pool, cmd) = (pool.clone(), cmd.clone());
-        concurrent(rt, OPS, move || {
-            let (pool, cmd) = (pool.clone(), cmd.clone());
-            async move {
-                pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
-            }
-        })
-    };
-    let http = |router: &Router| {
-        let router = router.clone();
-        concurrent(rt, OPS, move || {
-            let router = router.clone();
-            async move {
-                fetch(&router, "/items/1").await;
-            }
-        })
-    };
     // The same GET through a pool without `auto_pipeline`: redis-rs writing each
     // command as it comes.
     let plain = RedisPool::from_config(
@@ -149,20 +158,13 @@ fn paired_64_tasks(
     )
     .unwrap()
     .unwrap();
-    let raw_plain = || {
-        let (pool, cmd) = (plain.clone(), cmd.clone());
-        concurrent(rt, OPS, move || {
-            let (pool, cmd) = (pool.clone(), cmd.clone());
-            async move {
-                pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
-            }
-        })
-    };
     let variants: [(&str, &dyn Fn() -> Duration); 4] = [
-        ("raw GET", &raw),
-        ("handler doing the raw GET", &|| http(by_hand)),
-        ("cache hit through the layer", &|| http(app)),
-        ("raw GET, auto_pipeline = false", &raw_plain),
+        ("raw GET", &|| gets(rt, OPS, pool, cmd)),
+        ("handler doing the raw GET", &|| fetches(rt, OPS, by_hand)),
+        ("cache hit through the layer", &|| fetches(rt, OPS, app)),
+        ("raw GET, auto_pipeline = false", &|| {
+            gets(rt, OPS, &plain, cmd)
+        }),
     ];
     let mut rates = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
@@ -366,37 +368,13 @@ fn benches(c: &mut Criterion) {
             paired_64_tasks(&rt, pool, &cmd, &by_hand, app);
         }
         g.bench_function("raw_get_same_bytes", |b| {
-            b.iter_custom(|iters| {
-                let (pool, cmd) = (pool.clone(), cmd.clone());
-                concurrent(&rt, iters, move || {
-                    let (pool, cmd) = (pool.clone(), cmd.clone());
-                    async move {
-                        pool.query::<Vec<u8>>("bench", &cmd).await.unwrap();
-                    }
-                })
-            })
+            b.iter_custom(|iters| gets(&rt, iters, pool, &cmd))
         });
         g.bench_function("handler_raw_get", |b| {
-            b.iter_custom(|iters| {
-                let app = by_hand.clone();
-                concurrent(&rt, iters, move || {
-                    let app = app.clone();
-                    async move {
-                        fetch(&app, "/items/1").await;
-                    }
-                })
-            })
+            b.iter_custom(|iters| fetches(&rt, iters, &by_hand))
         });
         g.bench_function("cache_hit", |b| {
-            b.iter_custom(|iters| {
-                let app = app.clone();
-                concurrent(&rt, iters, move || {
-                    let app = app.clone();
-                    async move {
-                        fetch(&app, "/items/1").await;
-                    }
-                })
-            })
+            b.iter_custom(|iters| fetches(&rt, iters, app))
         });
     }
     g.finish();
