@@ -1054,7 +1054,8 @@ where
                         }
                         let mut res = inner.call(req).await?;
                         if stage.refused_inside(&res) {
-                            stage.refund(&mut v).await;
+                            // Boxed: rare (a request refused further in).
+                            Box::pin(stage.refund(&mut v)).await;
                         }
                         stage.finish(&mut res, &v);
                         Ok(res)

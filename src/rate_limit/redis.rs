@@ -168,7 +168,8 @@ impl RedisBackend {
                         inv.arg(a);
                     }
                 }
-                self.pool.invoke_script("rate_limit", &inv).await?
+                // Boxed: rare, and its future would double every decision's.
+                Box::pin(self.pool.invoke_script("rate_limit", &inv)).await?
             }
             out => out?,
         };
@@ -295,7 +296,9 @@ impl Stage {
         let items = &items[..];
         let lease = leases.is_some();
         let result = if backend.pool.is_cluster() {
-            self.run_grouped(backend, items, lease).await
+            // Boxed: the grouped (Cluster) path's future would otherwise make every
+            // single-server decision's future as large.
+            Box::pin(self.run_grouped(backend, items, lease)).await
         } else {
             backend.run(self, items, lease).await
         };
