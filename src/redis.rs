@@ -48,7 +48,8 @@
 //! server) a call made while others are waiting for their replies queues its
 //! command; the first call of a batch spawns a flush task that yields once, so
 //! every task that is ready to run queues its command too, and then writes the
-//! whole queue as one pipeline on one connection. Each call still gets its own
+//! whole queue as one pipeline on one connection (a burst of more than 256 commands
+//! is split, each pipeline on the next connection). Each call still gets its own
 //! reply or error and its own deadline, and a caller that goes away cannot fail the
 //! others' calls (the flush task owns the batch). A call made while no other is in
 //! flight has nothing to be batched with and is written at once, so a lightly
@@ -437,10 +438,7 @@ impl RedisPool {
             !std::mem::replace(&mut batch.flush_pending, true)
         };
         if spawn {
-            tokio::spawn(flush(PendingFlush {
-                inner: self.inner.clone(),
-                taken: false,
-            }));
+            spawn_flush(self.inner.clone());
         }
         rx.await.unwrap_or_else(|_| {
             // The flush timed out and dropped the batch (the caller's own deadline
@@ -588,7 +586,11 @@ async fn flush(mut pending: PendingFlush) {
     };
     let Some(batch) = &single.batch else { return };
     tokio::task::yield_now().await;
-    let queued = pending.take(batch);
+    let (queued, more) = pending.take(batch);
+    if more {
+        // The rest goes in the next pipeline, on the next connection, at once.
+        spawn_flush(inner.clone());
+    }
     if queued.is_empty() {
         return;
     }
@@ -646,6 +648,22 @@ async fn flush(mut pending: PendingFlush) {
     }
 }
 
+/// Starts a flush task holding the queue's claim.
+fn spawn_flush(inner: Arc<Inner>) {
+    // A named `dyn` future: `flush` spawns its successor, and a recursive `async fn`
+    // cannot prove itself `Send` through its own opaque type.
+    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(flush(PendingFlush {
+            inner,
+            taken: false,
+        }));
+    tokio::spawn(task);
+}
+
+/// At most this many commands go in one pipeline: a larger burst is split, so one
+/// huge write (and its replies) does not hold up the calls behind it.
+const MAX_BATCH: usize = 256;
+
 /// The flush task's claim on the queue. If the task is dropped before it takes the
 /// queue (its runtime shutting down, say), the claim is released and the queued
 /// calls fail at once: a flag left set would make every later call wait for a
@@ -656,11 +674,17 @@ struct PendingFlush {
 }
 
 impl PendingFlush {
-    fn take(&mut self, batch: &std::sync::Mutex<Batch>) -> Vec<Queued> {
+    /// Up to [`MAX_BATCH`] queued calls, and whether more remain (the queue then
+    /// stays claimed for a next flush).
+    fn take(&mut self, batch: &std::sync::Mutex<Batch>) -> (Vec<Queued>, bool) {
         let mut batch = batch.lock().unwrap_or_else(PoisonError::into_inner);
-        batch.flush_pending = false;
         self.taken = true;
-        std::mem::take(&mut batch.queued)
+        if batch.queued.len() > MAX_BATCH {
+            let rest = batch.queued.split_off(MAX_BATCH);
+            return (std::mem::replace(&mut batch.queued, rest), true);
+        }
+        batch.flush_pending = false;
+        (std::mem::take(&mut batch.queued), false)
     }
 }
 
@@ -674,8 +698,12 @@ impl Drop for PendingFlush {
             batch: Some(batch), ..
         }) = &inner.backend
         {
-            // Dropping the replies' senders fails their calls.
+            // Dropping the replies' senders fails their calls; all of them, however
+            // many, so that nothing waits on a claim nobody holds.
             drop(self.take(batch));
+            let mut batch = batch.lock().unwrap_or_else(PoisonError::into_inner);
+            batch.flush_pending = false;
+            batch.queued.clear();
         }
     }
 }
@@ -1019,6 +1047,44 @@ impl Drop for Permit<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_burst_is_split_into_pipelines_of_at_most_max_batch() {
+        let pool = RedisPool::from_url("redis://127.0.0.1:1").unwrap();
+        let Backend::Single(Single {
+            batch: Some(batch), ..
+        }) = &pool.inner.backend
+        else {
+            unreachable!("auto_pipeline is on by default")
+        };
+        let mut receivers = Vec::new();
+        {
+            let mut b = batch.lock().unwrap();
+            for _ in 0..MAX_BATCH + 44 {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                b.queued.push((redis::cmd("PING"), tx));
+                receivers.push(rx);
+            }
+            b.flush_pending = true;
+        }
+        let mut first = PendingFlush {
+            inner: pool.inner.clone(),
+            taken: false,
+        };
+        let (taken, more) = first.take(batch);
+        assert_eq!((taken.len(), more), (MAX_BATCH, true));
+        assert!(
+            batch.lock().unwrap().flush_pending,
+            "still claimed for the rest"
+        );
+        let mut second = PendingFlush {
+            inner: pool.inner.clone(),
+            taken: false,
+        };
+        let (rest, more) = second.take(batch);
+        assert_eq!((rest.len(), more), (44, false));
+        assert!(!batch.lock().unwrap().flush_pending);
+    }
 
     #[test]
     fn a_flush_dropped_before_it_ran_releases_the_queue() {
