@@ -5,13 +5,12 @@
 //! keeps the layers independent: none calls another, and a user's own layer can read
 //! the same records.
 //!
-//! The rate-limit and auth layers, which decide most requests without waiting, attach
-//! their record to an admitted request's response only when someone will read it:
-//! when the request carries the [`RecordOutcomes`] marker. The access-log and metrics
-//! layers insert it; a layer of your own that reads the records inserts it too. Used
-//! without a reader, those layers then allocate nothing for records nobody reads
-//! (the first extension of a response costs three allocations). Rejections and the
-//! cache always carry their record.
+//! The rate-limit, auth and cache layers attach their record to a response they let
+//! through only when someone will read it: when the request carries the
+//! [`RecordOutcomes`] marker. The access-log and metrics layers insert it; a layer of
+//! your own that reads the records inserts it too. Used without a reader, those
+//! layers then allocate nothing for records nobody reads (the first extension of a
+//! response costs three allocations). Rejections always carry their record.
 //!
 //! ```
 //! use axum::{Router, extract::Request, middleware::{self, Next}, routing::get};
@@ -40,7 +39,12 @@ use std::sync::Arc;
 pub struct RecordOutcomes;
 
 /// Whether a layer should attach its outcome record to this request's response.
-#[cfg(any(feature = "rate-limit", feature = "api-key", feature = "jwt"))]
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "api-key",
+    feature = "jwt",
+    feature = "cache"
+))]
 #[inline]
 pub(crate) fn wanted(request_extensions: &http::Extensions) -> bool {
     request_extensions.get::<RecordOutcomes>().is_some()

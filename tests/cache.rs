@@ -418,3 +418,39 @@ async fn background_refresh_stops_on_shutdown() {
     assert!(r.cache_status().contains("stale-while-revalidate"));
     assert_eq!(app.calls.get("slow"), 2, "no new refresh after shutdown");
 }
+
+/// The outcome record is attached only when the request asks for records (the
+/// access log and metrics do); the cache headers are there either way.
+#[tokio::test]
+async fn outcome_record_only_when_asked() {
+    use tower::ServiceExt;
+    let app = app(&memory(), config(vec![rule(&["/items/{id}"])]));
+    get(&app, "/items/1").await;
+    let request = |record: bool| {
+        let mut req = axum::http::Request::get("/items/1")
+            .header("host", "example.com")
+            .body(Body::empty())
+            .unwrap();
+        if record {
+            req.extensions_mut()
+                .insert(palisade::outcome::RecordOutcomes);
+        }
+        req
+    };
+    let plain = app.router.clone().oneshot(request(false)).await.unwrap();
+    assert_eq!(plain.headers()["x-cache"], "HIT");
+    assert!(
+        plain
+            .extensions()
+            .get::<palisade::outcome::CacheOutcome>()
+            .is_none()
+    );
+    let asked = app.router.clone().oneshot(request(true)).await.unwrap();
+    assert_eq!(asked.headers()["x-cache"], "HIT");
+    let outcome = asked
+        .extensions()
+        .get::<palisade::outcome::CacheOutcome>()
+        .copied()
+        .unwrap();
+    assert_eq!(outcome.status, CacheStatus::Hit);
+}

@@ -31,7 +31,9 @@
 //!
 //! Every response of a cached route carries `Cache-Status` (RFC 9211) with the
 //! reason when nothing was stored or served, `Age`, and `X-Cache: HIT|MISS`; a
-//! [`CacheOutcome`] goes into the response extensions for logs and metrics.
+//! [`CacheOutcome`] goes into the response extensions for logs and metrics when the
+//! request asks for it ([`RecordOutcomes`](crate::outcome::RecordOutcomes), which the
+//! access log and metrics insert).
 //!
 //! Misses stream: the first byte reaches the client as soon as the handler sends it
 //! while a copy is kept up to `max_body_bytes`; only a complete body is stored.

@@ -114,6 +114,8 @@ struct Ctx {
     shared_credentialed: bool,
     /// Why this request must not fill the cache even if the response is storable.
     fill_block: Option<&'static str>,
+    /// The request asks for outcome records ([`RecordOutcomes`](crate::outcome::RecordOutcomes)).
+    record: bool,
 }
 
 /// A hit (lookup, serve) runs inline; every other path is a boxed future of its
@@ -131,14 +133,21 @@ where
     }
     let ctx = match prepare(&req, rule) {
         Ok(ctx) => ctx,
-        Err(reason) => return bypass(Box::pin(call(&mut inner, req)).await, reason),
+        Err(reason) => {
+            let record = crate::outcome::wanted(req.extensions());
+            return bypass(Box::pin(call(&mut inner, req)).await, reason, record);
+        }
     };
     let now = shared.clock.now_ms();
     let (found, gen_) = match lookup(&shared, &ctx.key, req.headers(), now).await {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(error = %e, "cache lookup failed; passing through");
-            return bypass(Box::pin(call(&mut inner, req)).await, "store-error");
+            return bypass(
+                Box::pin(call(&mut inner, req)).await,
+                "store-error",
+                ctx.record,
+            );
         }
     };
     let mut stale = None;
@@ -147,7 +156,15 @@ where
         && (!ctx.shared_credentialed || data.public)
     {
         if now < rec.fresh_until_ms {
-            return serve(&rec, data, req.headers(), ctx.head, now, Served::Hit);
+            return serve(
+                &rec,
+                data,
+                req.headers(),
+                ctx.head,
+                now,
+                Served::Hit,
+                ctx.record,
+            );
         }
         if now < rec.swr_until_ms {
             spawn_refresh(&shared, inner, &req, ri, &ctx, gen_);
@@ -158,6 +175,7 @@ where
                 ctx.head,
                 now,
                 Served::StaleWhileRevalidate,
+                ctx.record,
             );
         }
         if now < rec.sie_until_ms {
@@ -174,6 +192,7 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
+    let record = crate::outcome::wanted(req.extensions());
     let unsafe_method = !req.method().is_safe();
     let target = unsafe_method
         .then(|| request_host(&req).map(|h| (h.into_owned(), req.uri().path().to_owned())))
@@ -191,6 +210,7 @@ where
         HeaderValue::from_static("palisade; fwd=method"),
         MISS,
         None,
+        record,
     );
     res
 }
@@ -275,6 +295,7 @@ where
                                 ctx.head,
                                 now,
                                 Served::Collapsed,
+                                ctx.record,
                             );
                         }
                     }
@@ -296,7 +317,7 @@ where
         }
     }
     let mut res = call(&mut inner, req).await;
-    mark_miss(&mut res, reason);
+    mark_miss(&mut res, reason, ctx.record);
     res
 }
 
@@ -345,6 +366,7 @@ async fn fleet_lock(
                                 ctx.head,
                                 now,
                                 Served::Collapsed,
+                                ctx.record,
                             ));
                         }
                     }
@@ -370,7 +392,15 @@ async fn second_look(shared: &Shared, ctx: &Ctx, headers: &HeaderMap) -> Option<
             Kind::Response(data)
                 if now < rec.fresh_until_ms && (!ctx.shared_credentialed || data.public) =>
             {
-                Some(serve(&rec, data, headers, ctx.head, now, Served::Hit))
+                Some(serve(
+                    &rec,
+                    data,
+                    headers,
+                    ctx.head,
+                    now,
+                    Served::Hit,
+                    ctx.record,
+                ))
             }
             _ => None,
         },
@@ -461,6 +491,7 @@ fn prepare(req: &Request, rule: &Rule) -> Result<Ctx, &'static str> {
         } else {
             None
         },
+        record: crate::outcome::wanted(req.extensions()),
     })
 }
 
@@ -526,6 +557,7 @@ fn serve(
     head: bool,
     now: u64,
     how: Served,
+    record: bool,
 ) -> Response {
     let age = now.saturating_sub(rec.stored_at_ms) / 1000;
     let ttl = (rec.fresh_until_ms as i64 - now as i64).div_euclid(1000);
@@ -593,6 +625,7 @@ fn serve(
         cache_status,
         HIT,
         Some(HeaderValue::from(age)),
+        record,
     );
     res
 }
@@ -617,6 +650,10 @@ fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     policy::split_list(list).any(|t| t == "*" || strip(t) == ours)
 }
 
+/// The cache headers, and the [`CacheOutcome`](crate::outcome::CacheOutcome) record
+/// when the request asked for records (`record`: the first extension of a response
+/// costs three allocations, wasted when no layer reads it).
+#[allow(clippy::too_many_arguments)]
 fn mark(
     res: &mut Response,
     status: CacheStatus,
@@ -624,29 +661,40 @@ fn mark(
     cache_status: HeaderValue,
     x_cache: HeaderValue,
     age: Option<HeaderValue>,
+    record: bool,
 ) {
     let h = res.headers_mut();
     h.insert(CACHE_STATUS, cache_status);
     h.insert(X_CACHE, x_cache);
     h.insert(AGE, age.unwrap_or(AGE_ZERO));
-    res.extensions_mut().insert(outcome(status, reason));
+    if record {
+        res.extensions_mut().insert(outcome(status, reason));
+    }
 }
 
-fn bypass(mut res: Response, reason: &'static str) -> Response {
+fn bypass(mut res: Response, reason: &'static str, record: bool) -> Response {
     let cs = HeaderValue::try_from(format!("palisade; fwd=bypass; detail={reason}"))
         .unwrap_or_else(|_| HeaderValue::from_static("palisade; fwd=bypass"));
-    mark(&mut res, CacheStatus::Bypass, reason, cs, MISS, None);
+    mark(
+        &mut res,
+        CacheStatus::Bypass,
+        reason,
+        cs,
+        MISS,
+        None,
+        record,
+    );
     res
 }
 
-fn mark_miss(res: &mut Response, reason: &'static str) {
+fn mark_miss(res: &mut Response, reason: &'static str, record: bool) {
     let cs = if reason == "miss" {
         HeaderValue::from_static("palisade; fwd=miss")
     } else {
         HeaderValue::try_from(format!("palisade; fwd=miss; detail={reason}"))
             .unwrap_or_else(|_| HeaderValue::from_static("palisade; fwd=miss"))
     };
-    mark(res, CacheStatus::Miss, reason, cs, MISS, None);
+    mark(res, CacheStatus::Miss, reason, cs, MISS, None, record);
 }
 
 /// Calls the handler on a miss and, when the response may be stored, tees its body
@@ -675,7 +723,7 @@ where
             Ok(e) => e,
             Err(e) => {
                 tracing::debug!(error = %e, "cache store failed; passing through");
-                return bypass(call(inner, req).await, "store-error");
+                return bypass(call(inner, req).await, "store-error", ctx.record);
             }
         }
     };
@@ -694,6 +742,7 @@ where
             head,
             now,
             Served::StaleIfError(status),
+            ctx.record,
         );
     }
     let (mut res, stored) = fill(
@@ -706,7 +755,7 @@ where
         now,
         guard,
     );
-    mark_miss(&mut res, stored.err().unwrap_or("miss"));
+    mark_miss(&mut res, stored.err().unwrap_or("miss"), ctx.record);
     res
 }
 
@@ -970,6 +1019,8 @@ where
         head: false,
         shared_credentialed: false,
         fill_block: None,
+        // Nobody reads the refresh's response.
+        record: false,
     };
     tokio::spawn(async move {
         let shutdown = shared.shutdown.clone();

@@ -431,12 +431,12 @@ pub async fn send(app: &App, method: Method, uri: &str, headers: &[(&str, &str)]
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res: Response = app
-        .router
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
+    // Ask for the layer's outcome record, as the access log and metrics do.
+    let req = req
+        .extension(palisade::outcome::RecordOutcomes)
+        .body(Body::empty())
         .unwrap();
+    let res: Response = app.router.clone().oneshot(req).await.unwrap();
     let (parts, body) = res.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Got {
