@@ -156,15 +156,7 @@ where
         && (!ctx.shared_credentialed || data.public)
     {
         if now < rec.fresh_until_ms {
-            return serve(
-                &rec,
-                data,
-                req.headers(),
-                ctx.head,
-                now,
-                Served::Hit,
-                ctx.record,
-            );
+            return serve(&rec, data, req.headers(), &ctx, now, Served::Hit);
         }
         if now < rec.swr_until_ms {
             spawn_refresh(&shared, inner, &req, ri, &ctx, gen_);
@@ -172,10 +164,9 @@ where
                 &rec,
                 data,
                 req.headers(),
-                ctx.head,
+                &ctx,
                 now,
                 Served::StaleWhileRevalidate,
-                ctx.record,
             );
         }
         if now < rec.sie_until_ms {
@@ -288,15 +279,7 @@ where
                         if matches!(rec.kind, Kind::Response(_)) && now < rec.fresh_until_ms =>
                     {
                         if let Kind::Response(data) = &rec.kind {
-                            return serve(
-                                &rec,
-                                data,
-                                req.headers(),
-                                ctx.head,
-                                now,
-                                Served::Collapsed,
-                                ctx.record,
-                            );
+                            return serve(&rec, data, req.headers(), &ctx, now, Served::Collapsed);
                         }
                     }
                     Ok((_, g)) => gen_ = g,
@@ -359,15 +342,7 @@ async fn fleet_lock(
                         if let Kind::Response(data) = &rec.kind
                             && now < rec.fresh_until_ms
                         {
-                            return Err(serve(
-                                &rec,
-                                data,
-                                headers,
-                                ctx.head,
-                                now,
-                                Served::Collapsed,
-                                ctx.record,
-                            ));
+                            return Err(serve(&rec, data, headers, ctx, now, Served::Collapsed));
                         }
                     }
                     Ok((None, _)) => {}
@@ -392,15 +367,7 @@ async fn second_look(shared: &Shared, ctx: &Ctx, headers: &HeaderMap) -> Option<
             Kind::Response(data)
                 if now < rec.fresh_until_ms && (!ctx.shared_credentialed || data.public) =>
             {
-                Some(serve(
-                    &rec,
-                    data,
-                    headers,
-                    ctx.head,
-                    now,
-                    Served::Hit,
-                    ctx.record,
-                ))
+                Some(serve(&rec, data, headers, ctx, now, Served::Hit))
             }
             _ => None,
         },
@@ -554,11 +521,11 @@ fn serve(
     rec: &Stored,
     data: &ResponseData,
     headers: &HeaderMap,
-    head: bool,
+    ctx: &Ctx,
     now: u64,
     how: Served,
-    record: bool,
 ) -> Response {
+    let head = ctx.head;
     let age = now.saturating_sub(rec.stored_at_ms) / 1000;
     let ttl = (rec.fresh_until_ms as i64 - now as i64).div_euclid(1000);
     let (status, reason, cache_status) = match how {
@@ -625,7 +592,7 @@ fn serve(
         cache_status,
         HIT,
         Some(HeaderValue::from(age)),
-        record,
+        ctx.record,
     );
     res
 }
@@ -739,10 +706,9 @@ where
             &rec,
             data,
             &req_headers,
-            head,
+            ctx,
             now,
             Served::StaleIfError(status),
-            ctx.record,
         );
     }
     let (mut res, stored) = fill(
