@@ -1048,15 +1048,20 @@ impl Drop for Permit<'_> {
 mod tests {
     use super::*;
 
+    /// The auto-pipelining queue of a single-server pool.
+    fn queue(pool: &RedisPool) -> &std::sync::Mutex<Batch> {
+        match &pool.inner.backend {
+            Backend::Single(Single {
+                batch: Some(batch), ..
+            }) => batch,
+            _ => unreachable!("auto_pipeline is on by default"),
+        }
+    }
+
     #[test]
     fn a_large_burst_is_split_into_pipelines_of_at_most_max_batch() {
         let pool = RedisPool::from_url("redis://127.0.0.1:1").unwrap();
-        let Backend::Single(Single {
-            batch: Some(batch), ..
-        }) = &pool.inner.backend
-        else {
-            unreachable!("auto_pipeline is on by default")
-        };
+        let batch = queue(&pool);
         let mut receivers = Vec::new();
         {
             let mut b = batch.lock().unwrap();
@@ -1091,12 +1096,7 @@ mod tests {
         // A flush task dropped unpolled (its runtime shut down) must not leave the
         // queue claimed: later calls would wait for a flush that never comes.
         let pool = RedisPool::from_url("redis://127.0.0.1:1").unwrap();
-        let Backend::Single(Single {
-            batch: Some(batch), ..
-        }) = &pool.inner.backend
-        else {
-            unreachable!("auto_pipeline is on by default")
-        };
+        let batch = queue(&pool);
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         {
             let mut b = batch.lock().unwrap();
