@@ -368,6 +368,7 @@ fn bench(c: &mut Criterion) {
         .and_then(|v| v.parse::<usize>().ok())
     {
         for (name, router) in &variants {
+            let _dispatch = dispatch_for(name);
             rt.block_on(call(router)); // warm-up: lazily built state is not per-request
             profile_batch(&rt, router, n);
             println!("profiled {name}: {n} requests");

@@ -99,7 +99,7 @@ use crate::client_ip::{Scheme, client_info};
 use crate::config::MetricsConfig;
 use crate::config::metrics::{BODY_SIZE_BUCKETS, DEFAULT_DURATION_BUCKETS};
 use crate::error::ConfigError;
-use crate::outcome::{AuthOutcome, CacheOutcome, CacheStatus, RateLimitOutcome, RecordOutcomes};
+use crate::outcome::{AuthOutcome, CacheOutcome, CacheStatus, RateLimitOutcome};
 use crate::problem::Rejection;
 use crate::route_match::RouteMatcher;
 use crate::stack::BuildContext;
@@ -748,7 +748,7 @@ where
                 state: None,
             };
         }
-        req.extensions_mut().insert(RecordOutcomes);
+        crate::outcome::ask(req.extensions_mut());
         let reg = self.registry;
         let method = method_index(req.method());
         let scheme = scheme_index(client_info(&req).scheme);

@@ -214,14 +214,16 @@ fn method_name(m: &http::Method) -> &'static str {
     }
 }
 
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
 /// The caller's span from a valid `traceparent` (and `tracestate`, when valid).
 fn remote_parent(req: &Request) -> Option<SpanContext> {
-    let header = req.headers().get("traceparent")?;
+    let header = req.headers().get(&crate::trace::TRACEPARENT)?;
     let (trace, span) = crate::trace::parse_traceparent(header)?;
     let flags = u8::from_str_radix(header.to_str().ok()?.get(53..55)?, 16).ok()?;
     let state = req
         .headers()
-        .get("tracestate")
+        .get(&TRACESTATE)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();

@@ -50,6 +50,17 @@ pub(crate) fn wanted(request_extensions: &http::Extensions) -> bool {
     request_extensions.get::<RecordOutcomes>().is_some()
 }
 
+/// Inserts [`RecordOutcomes`] unless an outer layer already did: in the full stack the
+/// access log and the metrics layer both read the records, and a second insert is a
+/// hash-map write for nothing.
+#[cfg(any(feature = "trace", feature = "metrics"))]
+#[inline]
+pub(crate) fn ask(request_extensions: &mut http::Extensions) {
+    if request_extensions.get::<RecordOutcomes>().is_none() {
+        request_extensions.insert(RecordOutcomes);
+    }
+}
+
 /// The rate limiter's verdict for one request (the most restrictive policy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitOutcome {

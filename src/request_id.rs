@@ -289,6 +289,29 @@ mod tests {
         assert_eq!(ua.get_version_num(), 7);
         assert!(a.as_str() < b.as_str(), "{a} then {b}");
         assert!(is_safe_id(a.as_str().as_bytes()));
+        // Strictly increasing, also within one millisecond.
+        let ids: Vec<RequestId> = (0..2000).map(|_| RequestId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+    }
+
+    #[test]
+    fn ids_from_many_threads_are_unique() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..5000)
+                        .map(|_| RequestId::generate().as_str().to_owned())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap() {
+                assert!(all.insert(id), "duplicate id");
+            }
+        }
+        assert_eq!(all.len(), 20_000);
     }
 
     async fn run(layer: RequestIdLayer, incoming: Option<&str>) -> (String, String) {

@@ -333,6 +333,9 @@ impl NonceCsp {
     }
 }
 
+/// Headers a response may carry besides the template's before its map must grow.
+const TEMPLATE_HEADROOM: usize = 8;
+
 /// The finished header set for one scheme, hashed once at build time.
 #[derive(Debug)]
 struct Template {
@@ -343,7 +346,11 @@ struct Template {
 
 impl Template {
     fn new<'a>(fixed: impl Iterator<Item = &'a Fixed>) -> Self {
-        let mut headers = HeaderMap::new();
+        let fixed: Vec<&Fixed> = fixed.collect();
+        // A clone keeps the index table's size (entries are cloned to their length):
+        // room here for the handler's headers and the outer layers' (request id) saves
+        // a rehash of the whole map on every response.
+        let mut headers = HeaderMap::with_capacity(fixed.len() + TEMPLATE_HEADROOM);
         let mut forced = Vec::new();
         for f in fixed {
             headers.insert(f.name.clone(), f.value.clone());
@@ -1139,6 +1146,34 @@ mod tests {
         for (n, v) in API.iter().chain(WEB) {
             validate_value(&HeaderName::from_static(n), v).unwrap();
         }
+    }
+
+    /// The `api` set plus what the full stack adds around it (the handler's two headers,
+    /// two rate-limit headers inside, the request id outside) fits the map the
+    /// template's clone starts with: no rehash of the whole map per response.
+    #[test]
+    fn a_full_stack_response_fits_the_template_without_growing() {
+        let shared = compile(&SecurityHeadersConfig {
+            profile: Profile::Api,
+            ..cfg()
+        })
+        .unwrap();
+        let mut res = Response::new(axum::body::Body::empty());
+        for name in [
+            "content-type",
+            "content-length",
+            "ratelimit-policy",
+            "ratelimit",
+        ] {
+            res.headers_mut()
+                .insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+        }
+        let capacity = shared.http.headers.capacity();
+        shared.apply(&mut res, false, None);
+        res.headers_mut()
+            .insert("x-request-id", HeaderValue::from_static("id"));
+        assert!(res.headers().len() > 12, "{} headers", res.headers().len());
+        assert_eq!(res.headers().capacity(), capacity);
     }
 
     #[test]

@@ -96,7 +96,7 @@ use crate::client_ip::client_info;
 use crate::config::LoggingConfig;
 use crate::config::logging::ClientErrorLevel;
 use crate::error::ConfigError;
-use crate::outcome::{AuthOutcome, CacheOutcome, RateLimitOutcome, RecordOutcomes};
+use crate::outcome::{AuthOutcome, CacheOutcome, RateLimitOutcome};
 use crate::problem::Rejection;
 use crate::route_match::RouteMatcher;
 use crate::stack::BuildContext;
@@ -106,6 +106,9 @@ pub const TARGET: &str = "palisade::access";
 
 /// Longest query parameter name that can be redacted.
 const MAX_PARAM_NAME: usize = 64;
+
+/// W3C trace context. A `&str` lookup parses the name on every request.
+pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 #[derive(Debug)]
 struct Settings {
@@ -231,7 +234,7 @@ where
             };
         }
         let start = Instant::now();
-        req.extensions_mut().insert(RecordOutcomes);
+        crate::outcome::ask(req.extensions_mut());
         let span = request_span(&req);
         #[cfg(feature = "otel")]
         crate::otel::on_request(&span, &req, &self.settings.redact);
@@ -256,7 +259,7 @@ where
 /// and, with many JSON formatters, re-read for every event inside it. The rest of the
 /// request's description goes on the completion event ([`RequestFields`]).
 fn request_span(req: &Request) -> Span {
-    let traceparent = req.headers().get("traceparent").and_then(parse_traceparent);
+    let traceparent = req.headers().get(&TRACEPARENT).and_then(parse_traceparent);
     tracing::info_span!(
         target: TARGET,
         "http.server",
