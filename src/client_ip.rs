@@ -173,6 +173,11 @@ impl TrustedProxies {
         self
     }
 
+    /// The forwarding header family these proxies write.
+    pub fn forwarded_header(&self) -> ForwardedHeader {
+        self.header
+    }
+
     /// Whether `ip` is a trusted proxy.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();

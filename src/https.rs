@@ -24,9 +24,11 @@
 //! The `Location` host is the configured `canonical_host`, or the request's own host
 //! **only after it passed `allowed_hosts`**; with neither configured, redirecting is a
 //! configuration error. The location is `https://` + host + path, so a path such as
-//! `//evil.com/x` stays a path on the right host. `X-Forwarded-Host` is read only with
-//! `trust_forwarded_host = true`, only from a trusted proxy, and is checked against
-//! `allowed_hosts` like any other host.
+//! `//evil.com/x` stays a path on the right host. A forwarded host is read only with
+//! `trust_forwarded_host = true`, only from a trusted proxy, only from the header
+//! family `[client_ip] header` names (`X-Forwarded-Host`, or `Forwarded: host=`: a
+//! client could send the other one past a proxy that does not rewrite it), and is
+//! checked against `allowed_hosts` like any other host.
 //!
 //! # Defaults
 //!
@@ -78,7 +80,7 @@ use http::{Method, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::client_ip::{Scheme, TrustedProxies, client_info};
+use crate::client_ip::{ForwardedHeader, Scheme, TrustedProxies, client_info};
 use crate::config::HttpsConfig;
 use crate::config::https::HttpsMode;
 use crate::error::ConfigError;
@@ -102,6 +104,16 @@ pub(crate) struct HostPort<'a> {
     /// The explicit port, if any.
     pub(crate) port: Option<u16>,
     ip: bool,
+}
+
+impl HostPort<'_> {
+    fn into_owned(self) -> HostPort<'static> {
+        HostPort {
+            host: Cow::Owned(self.host.into_owned()),
+            port: self.port,
+            ip: self.ip,
+        }
+    }
 }
 
 /// Why a host value was refused (strict syntax: reg-name letters, digits, `-`, `.`,
@@ -486,23 +498,13 @@ impl Shared {
             let from_proxy = client_info(req)
                 .peer
                 .is_some_and(|p| self.trusted.contains(p.ip()));
-            if from_proxy {
-                // The right-most value is the one our nearest proxy wrote.
-                let last = req
-                    .headers()
-                    .get_all(&X_FORWARDED_HOST)
-                    .iter()
-                    .next_back()
-                    .map(|v| v.to_str().map_err(|_| HostError::Invalid))
-                    .transpose()?
-                    .and_then(|v| v.rsplit(',').next())
-                    .map(str::trim);
-                if let Some(xfh) = last {
-                    if xfh.contains('@') {
-                        return Err(HostError::Userinfo);
-                    }
-                    host = parse_host(xfh).map_err(|_| HostError::Invalid)?;
+            if from_proxy && let Some(forwarded) = self.forwarded_host(req)? {
+                if forwarded.contains('@') {
+                    return Err(HostError::Userinfo);
                 }
+                host = parse_host(&forwarded)
+                    .map_err(|_| HostError::Invalid)?
+                    .into_owned();
             }
         }
         Ok(host)
@@ -545,6 +547,28 @@ impl Shared {
             ));
         }
         Some(self.redirect(req, host))
+    }
+
+    /// The host our nearest proxy forwarded, from the header family `[client_ip]` says
+    /// it writes: the right-most `X-Forwarded-Host` value, or the `host=` of the
+    /// right-most `Forwarded` element (none when that element has no `host=`: an
+    /// element further left was not written by our proxy). Only that family: a client
+    /// could send the other one past a proxy that does not rewrite it.
+    fn forwarded_host(&self, req: &Request) -> Result<Option<String>, HostError> {
+        let (name, family) = match self.trusted.forwarded_header() {
+            ForwardedHeader::XForwardedFor => (&X_FORWARDED_HOST, ForwardedHeader::XForwardedFor),
+            ForwardedHeader::Forwarded => (&http::header::FORWARDED, ForwardedHeader::Forwarded),
+        };
+        let Some(last) = req.headers().get_all(name).iter().next_back() else {
+            return Ok(None);
+        };
+        let last = last.to_str().map_err(|_| HostError::Invalid)?;
+        Ok(match family {
+            ForwardedHeader::XForwardedFor => last.rsplit(',').next().map(|v| v.trim().to_owned()),
+            ForwardedHeader::Forwarded => crate::client_ip::parse_forwarded(last)
+                .pop()
+                .and_then(|element| element.host),
+        })
     }
 
     fn redirect(&self, req: &Request, host: Option<HostPort<'_>>) -> Response {

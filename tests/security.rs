@@ -870,6 +870,95 @@ async fn forwarded_host_only_from_trusted_proxies_and_still_checked() {
     );
 }
 
+/// With `client_ip.header = "forwarded"` the proxy writes RFC 7239 `Forwarded`, so the
+/// forwarded host is its `host=`; an `X-Forwarded-Host` is the client's own (the proxy
+/// does not rewrite it) and is ignored.
+#[tokio::test]
+async fn forwarded_host_comes_from_the_configured_header_family() {
+    let app = stack(&format!(
+        "{}\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\nheader = \"forwarded\"\n",
+        HOSTS.replace("[https]", "[https]\ntrust_forwarded_host = true")
+    ))
+    .await;
+    let from = |peer, headers: &[(&str, &str)]| req("GET", "/ok", peer, headers);
+    // (what, peer, headers, expected Location, expected status)
+    type Case<'a> = (
+        &'a str,
+        [u8; 4],
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+        u16,
+    );
+    let cases: [Case; 6] = [
+        (
+            "host= of the proxy's element",
+            PROXY,
+            &[
+                ("host", "backend:8080"),
+                ("forwarded", "for=203.0.113.7;host=eu.example.net"),
+            ],
+            Some("https://eu.example.net/ok"),
+            308,
+        ),
+        (
+            "X-Forwarded-Host smuggled past a Forwarded proxy",
+            PROXY,
+            &[
+                ("host", "api.example.com"),
+                ("x-forwarded-host", "evil.com"),
+            ],
+            Some("https://api.example.com/ok"),
+            308,
+        ),
+        (
+            "the right-most element wins",
+            PROXY,
+            &[
+                ("host", "backend:8080"),
+                ("forwarded", "for=198.51.100.1;host=evil.com"),
+                ("forwarded", "for=203.0.113.7;host=\"eu.example.net\""),
+            ],
+            Some("https://eu.example.net/ok"),
+            308,
+        ),
+        (
+            "no host= in the proxy's element: nothing further left is believed",
+            PROXY,
+            &[
+                ("host", "api.example.com"),
+                ("forwarded", "host=evil.com, for=203.0.113.7"),
+            ],
+            Some("https://api.example.com/ok"),
+            308,
+        ),
+        (
+            "a forwarded host is still allow-listed",
+            PROXY,
+            &[
+                ("host", "api.example.com"),
+                ("forwarded", "for=203.0.113.7;host=evil.com"),
+            ],
+            None,
+            421,
+        ),
+        (
+            "from a client: ignored",
+            CLIENT,
+            &[
+                ("host", "api.example.com"),
+                ("forwarded", "for=203.0.113.7;host=evil.com"),
+            ],
+            Some("https://api.example.com/ok"),
+            308,
+        ),
+    ];
+    for (what, peer, headers, want_location, want_status) in cases {
+        let res = send(&app, from(peer, headers)).await;
+        assert_eq!(res.status(), want_status, "{what}");
+        assert_eq!(location(&res).as_deref(), want_location, "{what}");
+    }
+}
+
 #[tokio::test]
 async fn exempt_paths_are_never_redirected_nor_host_checked() {
     let app = stack(HOSTS).await;

@@ -51,8 +51,10 @@ pub struct HttpsConfig {
     pub exempt_paths: Vec<String>,
     /// The HTTPS port put in redirects; 443 (the default) is omitted.
     pub https_port: Option<u16>,
-    /// Read the host from `X-Forwarded-Host` when the peer is a trusted proxy. The
-    /// value is still checked against `allowed_hosts`.
+    /// Read the host our trusted proxy forwarded, from the header family of
+    /// `[client_ip] header`: `X-Forwarded-Host`, or the `host=` of the right-most
+    /// `Forwarded` element. Only when the peer is a trusted proxy; the value is still
+    /// checked against `allowed_hosts`.
     pub trust_forwarded_host: bool,
 }
 
