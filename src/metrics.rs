@@ -461,10 +461,12 @@ impl Registry {
                 (false, true) => 2,
                 _ => 0,
             };
-            let hit = read(&self.rate_limit)
-                .get(&*rl.policy)
-                .map(|c| c[i].clone());
-            let counter = hit.unwrap_or_else(|| {
+            // Incremented under the read lock: no handle clone (two atomic operations
+            // on its reference count) on the common path. Edition 2024 drops the read
+            // guard before the `else` branch takes the write lock.
+            if let Some(set) = read(&self.rate_limit).get(&*rl.policy) {
+                set[i].increment(1);
+            } else {
                 let mut map = write(&self.rate_limit);
                 let set = map.entry(rl.policy.as_ref().into()).or_insert_with(|| {
                     ["allowed", "limited", "shadow_limited"].map(|o| {
@@ -477,14 +479,14 @@ impl Registry {
                         )
                     })
                 });
-                set[i].clone()
-            });
-            counter.increment(1);
+                set[i].increment(1);
+            }
         }
         if let Some(a) = ext.get::<AuthOutcome>() {
             let k = (a.scheme, a.outcome);
-            let hit = read(&self.auth).get(&k).cloned();
-            let counter = hit.unwrap_or_else(|| {
+            if let Some(counter) = read(&self.auth).get(&k) {
+                counter.increment(1);
+            } else {
                 write(&self.auth)
                     .entry(k)
                     .or_insert_with(|| {
@@ -496,9 +498,8 @@ impl Registry {
                             ],
                         )
                     })
-                    .clone()
-            });
-            counter.increment(1);
+                    .increment(1);
+            }
         }
         if let Some(c) = ext.get::<CacheOutcome>() {
             let i = match c.status {
@@ -1037,6 +1038,48 @@ mod tests {
             MetricsLayer::from_config(&off, &BuildContext::default())
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    /// The first record of a policy or auth outcome registers its counter (write
+    /// lock), later ones increment it under the read lock: every one is counted.
+    #[test]
+    fn outcome_counters_count_first_and_later_records() {
+        let reg = Registry::install(DEFAULT_DURATION_BUCKETS);
+        let mut res = Response::new(Body::empty());
+        res.extensions_mut().insert(RateLimitOutcome {
+            limited: false,
+            shadow_limited: true,
+            policy: "unit-counted".into(),
+        });
+        res.extensions_mut().insert(AuthOutcome {
+            scheme: "jwt",
+            identity: None,
+            outcome: "unit-counted",
+        });
+        for _ in 0..3 {
+            reg.record_outcomes(&res);
+        }
+        let text = reg.handle.render();
+        let value = |prefix: &str, label: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix) && l.contains(label))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            value(
+                "palisade_rate_limit_decisions_total{",
+                r#"policy="unit-counted",outcome="shadow_limited""#
+            )
+            .as_deref(),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            value("palisade_auth_total{", r#"outcome="unit-counted""#).as_deref(),
+            Some("3"),
+            "{text}"
         );
     }
 
