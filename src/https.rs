@@ -555,9 +555,10 @@ impl Shared {
     /// element further left was not written by our proxy). Only that family: a client
     /// could send the other one past a proxy that does not rewrite it.
     fn forwarded_host(&self, req: &Request) -> Result<Option<String>, HostError> {
-        let (name, family) = match self.trusted.forwarded_header() {
-            ForwardedHeader::XForwardedFor => (&X_FORWARDED_HOST, ForwardedHeader::XForwardedFor),
-            ForwardedHeader::Forwarded => (&http::header::FORWARDED, ForwardedHeader::Forwarded),
+        let family = self.trusted.forwarded_header();
+        let name = match family {
+            ForwardedHeader::XForwardedFor => &X_FORWARDED_HOST,
+            ForwardedHeader::Forwarded => &http::header::FORWARDED,
         };
         let Some(last) = req.headers().get_all(name).iter().next_back() else {
             return Ok(None);

@@ -306,15 +306,6 @@ fn push_u64(buf: &mut String, mut n: u64) {
     }
 }
 
-/// Appends `n` zero-padded to `width` digits (`n` < 10^`width`).
-fn push_padded(buf: &mut String, n: u64, width: u32) {
-    let mut div = 10u64.pow(width.saturating_sub(1));
-    while div > 0 {
-        buf.push(char::from(b'0' + (n / div % 10) as u8));
-        div /= 10;
-    }
-}
-
 fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
     push_escaped(buf, s);
@@ -345,7 +336,9 @@ fn push_f64(buf: &mut String, value: f64) {
                 digits /= 10;
                 width -= 1;
             }
-            push_padded(buf, digits, width);
+            let mut text = [0u8; 3];
+            put_digits(&mut text[..width], digits);
+            buf.push_str(std::str::from_utf8(&text[..width]).unwrap_or_default());
         }
     } else {
         // Writing to a `String` cannot fail.
