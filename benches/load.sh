@@ -3,6 +3,7 @@
 #
 #   bash benches/load.sh                       # all variants
 #   VARIANTS="bare memory" DURATION=5 PAIRS=2 bash benches/load.sh
+#   LOG_SINK=pipe VARIANTS="bare memory memory-direct" bash benches/load.sh
 #
 # Starts `examples/production` (release) pinned to CPU 0, drives it with wrk pinned to
 # CPU 1 over 127.0.0.1 only, alternates bare/stack runs, and prints requests/s, p50, p99
@@ -18,6 +19,9 @@ PAIRS=${PAIRS:-3}
 CONNS=${CONNS:-32}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+# Where the server's stdout (its log lines) goes: /dev/null, or `pipe` (read by `cat` on
+# the client CPU, as a container runtime reads it).
+LOG_SINK=${LOG_SINK:-null}
 # The key of benches/load-*.toml's API-key rule on /hello (sent to bare too, where it is ignored).
 API_KEY_HEADER="x-api-key: bench-key-0123456789abcdef"
 
@@ -51,7 +55,7 @@ fi
 args_of() {
   case "$1" in
     bare) echo "--bare" ;;
-    memory) echo "--config benches/load-memory.toml" ;;
+    memory | memory-direct) echo "--config benches/load-memory.toml" ;;
     memory-nolog) echo "--config benches/load-memory-nolog.toml" ;;
     redis) echo "--config benches/load-redis.toml" ;;
     redis-cache-hit) echo "--config benches/load-redis.toml" ;;
@@ -78,9 +82,22 @@ run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_re
   # cache-hit variant into a miss on every request.
   local hdr=()
   [ "$route" = /hello ] && hdr=(-H "$API_KEY_HEADER")
-  # shellcheck disable=SC2046
-  PALISADE_SERVER__BIND="127.0.0.1:$port" taskset -c "$SERVER_CPU" "$BIN" $(args_of "$variant") >/dev/null 2>"$OUT/server.err" &
-  SERVER_PID=$!
+  local envs=("PALISADE_SERVER__BIND=127.0.0.1:$port")
+  # `memory` with each log line written by the request's thread (stdout's own buffering).
+  [ "$variant" = memory-direct ] && envs+=("PALISADE_LOGGING__BACKGROUND_WRITER=false")
+  if [ "$LOG_SINK" = pipe ]; then
+    # The server's stdout read through a pipe, as a container runtime reads it.
+    local logfd
+    exec {logfd}> >(taskset -c "$CLIENT_CPU" cat >/dev/null)
+    # shellcheck disable=SC2046
+    env "${envs[@]}" taskset -c "$SERVER_CPU" "$BIN" $(args_of "$variant") >&"$logfd" 2>"$OUT/server.err" &
+    SERVER_PID=$!
+    exec {logfd}>&-
+  else
+    # shellcheck disable=SC2046
+    env "${envs[@]}" taskset -c "$SERVER_CPU" "$BIN" $(args_of "$variant") >/dev/null 2>"$OUT/server.err" &
+    SERVER_PID=$!
+  fi
   local up=""
   for _ in $(seq 200); do
     if curl -fs --max-time 1 "${hdr[@]}" "http://127.0.0.1:$port$route" >/dev/null 2>&1; then up=1; break; fi

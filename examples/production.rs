@@ -111,12 +111,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             eprintln!("graceful shutdown timed out after {grace:?}");
+            palisade::telemetry::flush();
             std::process::exit(1);
         });
     })
     .await?;
     // Sends the spans still buffered when `[logging.otel]` exports them.
     tokio::task::spawn_blocking(palisade::otel::shutdown).await?;
+    // Log lines still queued for stdout (`[logging] background_writer`).
+    palisade::telemetry::flush();
     Ok(())
 }
 

@@ -86,5 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .await?;
+    // Log lines still queued for stdout (`[logging] background_writer`).
+    palisade::telemetry::flush();
     Ok(())
 }

@@ -8,6 +8,10 @@
 //!   own events carry the request's fields as top-level keys, ready for any log
 //!   pipeline. Fields are written straight into the line buffer, without
 //!   building a JSON tree per event.
+//! - `background_writer = true` (the default, JSON only): lines go to stdout through
+//!   one background thread instead of a `write(2)` per line, `WARN` and `ERROR`
+//!   synchronously; see [`BackgroundStdout`]. Call [`flush`] before the process
+//!   exits.
 //! - `format = "pretty"`: `tracing-subscriber`'s human-readable output.
 //! - `level`: an `EnvFilter` directive (`info`, `warn,palisade=debug`, ...).
 //! - `[logging.otel]` (feature `otel`): also exports spans over OTLP/HTTP; see
@@ -18,6 +22,8 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = palisade::Config::load()?;
 //! palisade::telemetry::init(&config.logging)?;
+//! // ... serve until shut down, then:
+//! palisade::telemetry::flush();
 //! # Ok(()) }
 //! ```
 //!
@@ -37,6 +43,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+
+mod background;
+pub use background::{BackgroundStdout, FLUSH_INTERVAL, MAX_PENDING, QueuedLine, flush};
 
 use crate::config::LoggingConfig;
 use crate::config::logging::LogFormat;
@@ -100,6 +109,11 @@ pub fn init(config: &LoggingConfig) -> Result<(), InitError> {
             .with(filter)
             .with(otel_layer())
             .with(tracing_subscriber::fmt::layer().pretty())
+            .try_init(),
+        _ if config.background_writer => tracing_subscriber::registry()
+            .with(filter)
+            .with(otel_layer())
+            .with(json_layer(BackgroundStdout))
             .try_init(),
         _ => tracing_subscriber::registry()
             .with(filter)
@@ -238,12 +252,15 @@ impl<'a> JsonVisitor<'a> {
 
     /// Writes `,"name":` and returns the buffer for the value.
     fn key(&mut self, field: &Field) -> &mut String {
-        if !std::mem::take(&mut self.first) {
-            self.buf.push(',');
-        }
-        push_json_str(self.buf, field.name());
-        self.buf.push(':');
-        self.buf
+        let buf = &mut *self.buf;
+        buf.push_str(if std::mem::take(&mut self.first) {
+            "\""
+        } else {
+            ",\""
+        });
+        push_escaped(buf, field.name());
+        buf.push_str("\":");
+        buf
     }
 }
 
@@ -362,10 +379,17 @@ static NEEDS_ESCAPE: [bool; 256] = {
 };
 
 /// Whether any byte of `bytes` needs escaping, eight bytes at a time.
+#[inline]
 fn any_needs_escape(bytes: &[u8]) -> bool {
-    // Short strings (most keys and values of an access-log line): the table.
     let Some(last) = bytes.len().checked_sub(8) else {
-        return bytes.iter().any(|&b| needs_escape(b));
+        // 4 to 7 bytes (`GET`-like values, short keys): two overlapping halves as one
+        // word; fewer, the table.
+        return match bytes.len().checked_sub(4) {
+            Some(tail) => word_needs_escape(
+                u64::from(half_word_at(bytes, 0)) | u64::from(half_word_at(bytes, tail)) << 32,
+            ),
+            None => bytes.iter().any(|&b| needs_escape(b)),
+        };
     };
     let mut at = 0;
     while at < last {
@@ -376,6 +400,12 @@ fn any_needs_escape(bytes: &[u8]) -> bool {
     }
     // The last eight bytes, overlapping the previous word rather than byte by byte.
     word_needs_escape(word_at(bytes, last))
+}
+
+fn half_word_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
 }
 
 fn word_at(bytes: &[u8], at: usize) -> u64 {
@@ -400,13 +430,21 @@ fn word_needs_escape(x: u64) -> bool {
     hits != 0
 }
 
-/// Appends `s` escaped as the inside of a JSON string.
+/// Appends `s` escaped as the inside of a JSON string. Inlined: almost every key and
+/// value needs no escaping, and the check is a few word operations.
+#[inline]
 fn push_escaped(buf: &mut String, s: &str) {
-    let bytes = s.as_bytes();
-    if !any_needs_escape(bytes) {
+    if any_needs_escape(s.as_bytes()) {
+        push_escaped_slow(buf, s);
+    } else {
         buf.push_str(s);
-        return;
     }
+}
+
+#[cold]
+#[inline(never)]
+fn push_escaped_slow(buf: &mut String, s: &str) {
+    let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !needs_escape(b) {
@@ -442,23 +480,46 @@ impl fmt::Write for Escape<'_> {
     }
 }
 
-/// Writes `t` as RFC 3339 UTC with microseconds: `2026-11-23T12:00:00.123456Z`.
+/// Writes `t` as RFC 3339 UTC with microseconds: `2026-11-23T12:00:00.123456Z`. The
+/// part up to the second changes once a second, so each thread keeps its last one
+/// formatted and only the microseconds are written per line.
 fn write_rfc3339(buf: &mut String, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((0, String::new())) };
+    }
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
+    SECOND.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut cached) => {
+            if cached.0 != secs || cached.1.is_empty() {
+                cached.1.clear();
+                push_rfc3339_second(&mut cached.1, secs);
+                cached.0 = secs;
+            }
+            buf.push_str(&cached.1);
+        }
+        Err(_) => push_rfc3339_second(buf, secs),
+    });
+    let mut fraction = *b".000000Z";
+    put_digits(&mut fraction[1..7], u64::from(d.subsec_micros()));
+    buf.push_str(std::str::from_utf8(&fraction).unwrap_or_default());
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch.
+fn push_rfc3339_second(buf: &mut String, secs: u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (year, month, day) = crate::civil::civil_from_days(days);
-    // `YYYY-MM-DDTHH:MM:SS.ffffffZ`, filled in place and appended at once.
-    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    // Filled in place and appended at once.
+    let mut out = *b"0000-00-00T00:00:00";
     put_digits(&mut out[0..4], year.clamp(0, 9999) as u64);
     put_digits(&mut out[5..7], month as u64);
     put_digits(&mut out[8..10], day as u64);
     put_digits(&mut out[11..13], rem / 3600);
     put_digits(&mut out[14..16], rem % 3600 / 60);
     put_digits(&mut out[17..19], rem % 60);
-    put_digits(&mut out[20..26], u64::from(d.subsec_micros()));
-    // ASCII, so the check passes; one copy instead of a push per character.
+    // ASCII, so the check passes.
     buf.push_str(std::str::from_utf8(&out).unwrap_or_default());
 }
 
@@ -492,6 +553,25 @@ mod tests {
         s.clear();
         write_rfc3339(&mut s, UNIX_EPOCH + Duration::from_secs(4_102_444_800));
         assert_eq!(s, "2100-01-01T00:00:00.000000Z");
+        // The same second again (the thread's cached part) and the next one.
+        for (t, text) in [
+            (
+                Duration::from_micros(4_102_444_800_000_007),
+                "2100-01-01T00:00:00.000007Z",
+            ),
+            (
+                Duration::from_micros(4_102_444_801_250_000),
+                "2100-01-01T00:00:01.250000Z",
+            ),
+            (
+                Duration::from_secs(4_102_444_799),
+                "2099-12-31T23:59:59.000000Z",
+            ),
+        ] {
+            s.clear();
+            write_rfc3339(&mut s, UNIX_EPOCH + t);
+            assert_eq!(s, text);
+        }
     }
 
     #[test]

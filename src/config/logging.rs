@@ -37,6 +37,11 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive: `info` (default), `warn`, `palisade=debug,info`, ...
     pub level: String,
+    /// With `format = "json"`: write lines to stdout from one background thread,
+    /// batched, instead of one `write(2)` per line by the logging thread (default
+    /// `true`). `WARN`/`ERROR` lines are still written before the logging call
+    /// returns; call `palisade::telemetry::flush()` before the process exits.
+    pub background_writer: bool,
     /// Whether to write one access-log event per request (default `true`).
     pub access_log: bool,
     /// Level of the access-log event of a `4xx` response: `info` (default) or `warn`.
@@ -156,6 +161,7 @@ impl Default for LoggingConfig {
         Self {
             format: LogFormat::Json,
             level: "info".to_owned(),
+            background_writer: true,
             access_log: true,
             client_error_level: ClientErrorLevel::Info,
             request_id: true,
