@@ -159,7 +159,8 @@ pub fn flush() {
 /// and two context switches for a batch of one or two lines.
 ///
 /// - **Order** is kept: every write to stdout (the writer's batches, the synchronous
-///   writes below) happens under one lock, oldest bytes first.
+///   writes below) happens under one lock, oldest bytes first. Text printed to stdout
+///   by other means (`println!`) is not ordered with queued lines.
 /// - **`WARN` and `ERROR`** lines are written synchronously, after everything logged
 ///   before them: they are on stdout when the logging call returns, even if the
 ///   process aborts next.
