@@ -430,8 +430,9 @@ fn word_needs_escape(x: u64) -> bool {
     hits != 0
 }
 
-/// Appends `s` escaped as the inside of a JSON string. Inlined: almost every key and
-/// value needs no escaping, and the check is a few word operations.
+/// Appends `s` escaped as the inside of a JSON string. Almost every key and value
+/// needs no escaping: the check is a few word operations, and the escaping loop is
+/// kept out of line so that this path stays small.
 #[inline]
 fn push_escaped(buf: &mut String, s: &str) {
     if any_needs_escape(s.as_bytes()) {
