@@ -103,8 +103,22 @@ fn install_subscriber() {
 /// at INFO, to the same counting sink), set as the thread's default around each batch.
 /// The anchors keep theirs (`fmt().json()`), so the ratio compares each side's
 /// own setup; the plain names compare both through the one `fmt().json()` subscriber.
+/// `…@registry` keeps the filter and span registry and drops the formatting layer.
 fn dispatch_for(name: &str) -> Option<tracing::dispatcher::DefaultGuard> {
     static TELEMETRY: OnceLock<tracing::Dispatch> = OnceLock::new();
+    static REGISTRY: OnceLock<tracing::Dispatch> = OnceLock::new();
+    if name.ends_with("@registry") {
+        // The floor under any `tracing`-based access log: the same filter and span
+        // registry as `@telemetry`, every span and event built and dispatched, no
+        // formatting layer (nothing written).
+        let dispatch = REGISTRY.get_or_init(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            tracing::Dispatch::new(
+                tracing_subscriber::registry().with(tracing_subscriber::EnvFilter::new("info")),
+            )
+        });
+        return Some(tracing::dispatcher::set_default(dispatch));
+    }
     name.ends_with("@telemetry").then(|| {
         let dispatch = TELEMETRY.get_or_init(|| {
             let config = palisade::config::LoggingConfig::default();
@@ -313,6 +327,7 @@ fn palisade_variants() -> Vec<(&'static str, String)> {
         ),
         ("palisade/full", FULL.to_owned()),
         ("palisade/full@telemetry", FULL.to_owned()),
+        ("palisade/full@registry", FULL.to_owned()),
         (
             "palisade/full-nolog",
             FULL.replace("access_log = true", "access_log = false"),
@@ -521,6 +536,7 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         ),
         ("palisade/full", "anchor/all", 1.0 / 3.0),
         ("palisade/full@telemetry", "anchor/all", 1.0 / 3.0),
+        ("palisade/full@registry", "anchor/all", 1.0 / 3.0),
         ("palisade/full-nolog", "anchor/all", 1.0 / 3.0),
     ] {
         let (Some(p), Some(a)) = (pos(name), pos(anchor)) else {

@@ -35,7 +35,7 @@ use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
@@ -197,9 +197,14 @@ where
             let meta = event.metadata();
             buf.push_str("{\"timestamp\":\"");
             write_rfc3339(buf, SystemTime::now());
-            buf.push_str("\",\"level\":\"");
-            buf.push_str(meta.level().as_str());
-            buf.push_str("\",\"target\":");
+            // One constant per level (see `JsonVisitor::key`).
+            match *meta.level() {
+                Level::ERROR => buf.push_str("\",\"level\":\"ERROR\",\"target\":"),
+                Level::WARN => buf.push_str("\",\"level\":\"WARN\",\"target\":"),
+                Level::INFO => buf.push_str("\",\"level\":\"INFO\",\"target\":"),
+                Level::DEBUG => buf.push_str("\",\"level\":\"DEBUG\",\"target\":"),
+                _ => buf.push_str("\",\"level\":\"TRACE\",\"target\":"),
+            }
             push_json_str(buf, meta.target());
             event.record(&mut JsonVisitor::new(buf, false));
             if let Some(scope) = ctx.event_scope() {
@@ -253,11 +258,13 @@ impl<'a> JsonVisitor<'a> {
     /// Writes `,"name":` and returns the buffer for the value.
     fn key(&mut self, field: &Field) -> &mut String {
         let buf = &mut *self.buf;
-        buf.push_str(if std::mem::take(&mut self.first) {
-            "\""
+        // Two pushes of fixed length rather than one of either length: a constant
+        // length compiles to a plain store, a variable one to a `memcpy` call.
+        if std::mem::take(&mut self.first) {
+            buf.push('"');
         } else {
-            ",\""
-        });
+            buf.push_str(",\"");
+        }
         push_escaped(buf, field.name());
         buf.push_str("\":");
         buf
@@ -355,7 +362,9 @@ fn push_f64(buf: &mut String, value: f64) {
             }
             let mut text = [0u8; 3];
             put_digits(&mut text[..width], digits);
-            buf.push_str(std::str::from_utf8(&text[..width]).unwrap_or_default());
+            for &d in &text[..width] {
+                buf.push(char::from(d));
+            }
         }
     } else {
         // Writing to a `String` cannot fail.
@@ -652,6 +661,42 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn every_level_is_named_with_its_target() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let config = LoggingConfig {
+            level: "trace".into(),
+            ..LoggingConfig::default()
+        };
+        let sub = json_subscriber(&config, move || buf.clone()).unwrap();
+        tracing::subscriber::with_default(sub, || {
+            tracing::error!(target: "t::e", "e");
+            tracing::warn!(target: "t::w", "w");
+            tracing::info!(target: "t::i", "i");
+            tracing::debug!(target: "t::d", "d");
+            tracing::trace!(target: "t::t", "t");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let levels: Vec<(String, String, String)> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let s = |k: &str| v[k].as_str().unwrap().to_owned();
+                (s("level"), s("target"), s("message"))
+            })
+            .collect();
+        let expected = [
+            ("ERROR", "t::e", "e"),
+            ("WARN", "t::w", "w"),
+            ("INFO", "t::i", "i"),
+            ("DEBUG", "t::d", "d"),
+            ("TRACE", "t::t", "t"),
+        ]
+        .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+        assert_eq!(levels, expected, "{text}");
     }
 
     #[test]
