@@ -23,7 +23,12 @@ TARGETS = {
     "palisade/security_headers": ("anchor/set_response_header_x8", 1 / 3),
     "palisade/access_log": ("anchor/trace_json", 0.5),
     "palisade/access_log+request_id": ("anchor/trace_json", 0.5),
+    "palisade/access_log@telemetry": ("anchor/trace_json", 0.5),
+    "palisade/access_log+request_id@telemetry": ("anchor/trace_json", 0.5),
     "palisade/full": ("anchor/all", 1 / 3),
+    "palisade/full@telemetry": ("anchor/all", 1 / 3),
+    # The floor of a `tracing`-based access log (spans and events, nothing formatted).
+    "palisade/full@registry": ("anchor/all", 1 / 3),
     "palisade/full-nolog": ("anchor/all", None),
 }
 
