@@ -69,11 +69,11 @@ route_of() {
   esac
 }
 
-cpu_ticks() { # utime + stime of a PID, in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat"
+cpu_ticks() { # "utime stime" of a PID, in clock ticks
+  awk '{print $14, $15}' "/proc/$1/stat"
 }
 
-run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_req" to $OUT/results
+run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_req user_us sys_us" to $OUT/results
   local variant=$1 port route
   port=$(free_port)
   route=$(route_of "$variant")
@@ -113,15 +113,15 @@ run_one() { # variant -> appends "variant rps p50_us p99_us non2xx cpu_us_per_re
     echo "load.sh: $variant is not served from the cache" >&2
     exit 1
   fi
-  local t0 t1
-  t0=$(cpu_ticks "$SERVER_PID")
+  local u0 s0 u1 s1
+  read -r u0 s0 < <(cpu_ticks "$SERVER_PID")
   timeout $((DURATION + 30)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdr[@]}" "http://127.0.0.1:$port$route" >"$OUT/wrk.txt"
-  t1=$(cpu_ticks "$SERVER_PID")
+  read -r u1 s1 < <(cpu_ticks "$SERVER_PID")
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
-  python3 - "$variant" "$OUT/wrk.txt" "$((t1 - t0))" "$(getconf CLK_TCK)" >>"$OUT/results" <<'PY'
+  python3 - "$variant" "$OUT/wrk.txt" "$((u1 - u0))" "$((s1 - s0))" "$(getconf CLK_TCK)" >>"$OUT/results" <<'PY'
 import re, sys
 variant, path = sys.argv[1], sys.argv[2]
-ticks, hz = int(sys.argv[3]), int(sys.argv[4])
+user, system, hz = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 text = open(path).read()
 def us(label):
     m = re.search(r"^\s*%s%%\s+([\d.]+)(us|ms|s)" % label, text, re.M)
@@ -131,7 +131,9 @@ def us(label):
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 total = int(re.search(r"(\d+) requests in", text).group(1))
-print(variant, rps, us("50"), us("99"), non2xx.group(1) if non2xx else 0, ticks / hz * 1e6 / max(total, 1))
+per_req = lambda ticks: ticks / hz * 1e6 / max(total, 1)
+print(variant, rps, us("50"), us("99"), non2xx.group(1) if non2xx else 0,
+      per_req(user + system), per_req(user), per_req(system))
 PY
 }
 
@@ -154,17 +156,20 @@ python3 - "$OUT/results" "$DURATION" "$CONNS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for v, rps, p50, p99, non2xx, cpu in rows:
-    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(non2xx), float(cpu)))
+for v, rps, p50, p99, non2xx, cpu, user, system in rows:
+    by.setdefault(v, []).append(
+        (float(rps), float(p50), float(p99), int(non2xx), float(cpu), float(user), float(system)))
 bare = statistics.median(r[0] for r in by.get("bare", [(float("nan"),0,0,0,0)]))
 print(f"wrk -t1 -c{sys.argv[3]} -d{sys.argv[2]}s, server on one core, medians of {len(by.get('bare', []))} bare runs")
-print("| variant | runs | req/s (median) | ratio vs bare | min..max ratio | p50 µs | p99 µs | server CPU µs/req | non-2xx |")
-print("|---|---|---|---|---|---|---|---|---|")
+# The user/system split shows what the kernel adds: over loopback a slower server also
+# pays more to wake the client (see BENCHMARKS.md, round 8).
+print("| variant | runs | req/s (median) | ratio vs bare | min..max ratio | p50 µs | p99 µs | server CPU µs/req | user + system | non-2xx |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for v, rs in by.items():
     rps = statistics.median(r[0] for r in rs)
     lo, hi = min(r[0] for r in rs) / bare, max(r[0] for r in rs) / bare
-    print(f"| {v} | {len(rs)} | {rps:,.0f} | {rps / bare:.2f} | {lo:.2f}..{hi:.2f} | {statistics.median(r[1] for r in rs):.0f} | {statistics.median(r[2] for r in rs):.0f} | {statistics.median(r[4] for r in rs):.1f} | {sum(r[3] for r in rs)} |")
-print("raw runs (variant rps p50 p99 non2xx cpu_us_per_req):")
+    print(f"| {v} | {len(rs)} | {rps:,.0f} | {rps / bare:.2f} | {lo:.2f}..{hi:.2f} | {statistics.median(r[1] for r in rs):.0f} | {statistics.median(r[2] for r in rs):.0f} | {statistics.median(r[4] for r in rs):.1f} | {statistics.median(r[5] for r in rs):.1f} + {statistics.median(r[6] for r in rs):.1f} | {sum(r[3] for r in rs)} |")
+print("raw runs (variant rps p50 p99 non2xx cpu_us_per_req user_us sys_us):")
 for l in open(sys.argv[1]):
     print("  " + l.strip())
 PY
