@@ -353,8 +353,14 @@ impl Outcomes {
     }
 }
 
+/// Whole microseconds as milliseconds. Through `u64`, not `as_micros`'s `u128`: a
+/// `u128` to `f64` conversion is a software routine, `u64` one instruction.
 fn millis(d: Duration) -> f64 {
-    (d.as_micros() as f64) / 1000.0
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()));
+    micros as f64 / 1000.0
 }
 
 macro_rules! final_event {
@@ -766,6 +772,16 @@ mod tests {
         assert_eq!(redact_query("%74oken=s3cr3t", &n), "%74oken=[REDACTED]");
         assert_eq!(redact_query("to%6Ben=x&x=%", &n), "to%6Ben=[REDACTED]&x=%");
         assert_eq!(redact_query("tok%", &n), "tok%");
+    }
+
+    #[test]
+    fn millis_keeps_whole_microseconds() {
+        assert_eq!(millis(Duration::ZERO), 0.0);
+        assert_eq!(millis(Duration::from_nanos(1_234_999)), 1.234);
+        assert_eq!(millis(Duration::new(3, 500_000)), 3000.5);
+        assert_eq!(millis(Duration::new(86_400, 1_000)), 86_400_000.001);
+        // Saturates instead of overflowing.
+        assert_eq!(millis(Duration::MAX), u64::MAX as f64 / 1000.0);
     }
 
     #[test]
