@@ -378,6 +378,11 @@ macro_rules! final_event {
             target: TARGET,
             parent: &finish.span,
             $level,
+            // A `&str` field rather than the trailing format string, whose
+            // `fmt::Arguments` every formatter must run through `core::fmt::write`.
+            // Formatters and the OpenTelemetry layer treat a field named `message`
+            // as the message whatever its type; it stays the first field.
+            message = $msg,
             http.response.status_code = $status,
             duration_ms = millis(finish.start.elapsed()),
             http.response.body.size = $bytes,
@@ -399,7 +404,6 @@ macro_rules! final_event {
             user_agent.original = req.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             request_id = id.and_then(|i| i.request_id.as_ref()).and_then(|v| v.to_str().ok()),
             http.route = id.and_then(|i| i.route.as_ref()).map(MatchedPath::as_str),
-            $msg
         )
     }};
 }

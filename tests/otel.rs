@@ -178,6 +178,9 @@ async fn request_spans_are_exported_over_otlp_and_continue_the_callers_trace() {
         Some(&Value::IntValue(200))
     );
     assert_eq!(text(child, "url.query"), Some("token=[REDACTED]"));
+    // The completion event is a span event named by its `message` field.
+    let events: Vec<&str> = child.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(events, ["request completed"]);
     assert!(attr(child, "trace_id").is_none() && attr(child, "span_id").is_none());
     assert_ne!(
         child.status.as_ref().map_or(0, |s| s.code),
