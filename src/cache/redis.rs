@@ -211,8 +211,9 @@ impl RedisStore {
         gen_key.extend_from_slice(&entry_key);
         gen_key.extend_from_slice(b"gen");
         push_hex(&mut entry_key, &key.full);
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(gen_key).arg(&entry_key);
+        // Sized up front (`redis::cmd` starts empty and regrows on every argument).
+        let mut cmd = redis::Cmd::with_capacity(3, 4 + gen_key.len() + entry_key.len());
+        cmd.arg("MGET").arg(gen_key).arg(&entry_key);
         let (g, v): (Option<Vec<u8>>, Option<Vec<u8>>) =
             self.pool.query("cache_get", &cmd).await.map_err(err)?;
         let gen_ = parse_gen(g);

@@ -122,6 +122,11 @@ pub(crate) struct KeyValue {
     pub(crate) lo: u64,
 }
 
+/// The most bytes [`KeyValue::redis_key`] adds to a policy's name (a `u8` tag has at most
+/// three digits), for sizing commands up front.
+#[cfg(feature = "redis")]
+pub(crate) const REDIS_KEY_OVERHEAD: usize = 51;
+
 impl KeyValue {
     #[inline]
     pub(crate) fn new(tag: u8, value: u128) -> Self {
@@ -202,6 +207,25 @@ mod tests {
         assert!(KeySpec::parse("header:bad name").is_err());
         assert!(KeySpec::parse("cookie").is_err());
         assert!(KeySpec::parse("jwt_sub").unwrap().needs_identity());
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_key_is_within_its_overhead() {
+        for (tag, name) in [
+            (255, ""),
+            (255, "per-ip"),
+            (7, "a-long-policy-name"),
+            (0, "g"),
+        ] {
+            let key = KeyValue::new(tag, u128::MAX).redis_key(name);
+            assert!(key.len() <= REDIS_KEY_OVERHEAD + name.len(), "{key:?}");
+        }
+        assert_eq!(
+            KeyValue::new(255, 0).redis_key("").len(),
+            REDIS_KEY_OVERHEAD,
+            "the bound is exact for a three-digit tag"
+        );
     }
 
     #[cfg(feature = "redis")]

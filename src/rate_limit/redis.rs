@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 
 use super::gcra::{self, Decision};
-use super::key::KeyValue;
+use super::key::{KeyValue, REDIS_KEY_OVERHEAD};
 use super::lease::Take;
 use super::memory::MemKey;
 use super::{Entries, MICROS, Stage, Verdict};
@@ -149,8 +149,20 @@ impl RedisBackend {
         // `ScriptInvocation` allocates each key and argument twice. Only when Redis
         // does not know the script (`NOSCRIPT`: after a flush, restart or failover)
         // is the invocation built, which loads the script and retries.
-        let mut cmd = ::redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(items.len());
+        //
+        //
+        // Sized up front: a command built from empty regrows its buffer five or six
+        // times on the way to ~250 bytes. The script's SHA-1 is 40 hex digits, a
+        // number at most 20 digits.
+        let data = "EVALSHA".len()
+            + 40
+            + 20
+            + items
+                .iter()
+                .map(|&(i, _, _)| REDIS_KEY_OVERHEAD + stage.policies[i].name.len() + 20 * per_key)
+                .sum::<usize>();
+        let mut cmd = ::redis::Cmd::with_capacity(3 + items.len() * (1 + per_key), data);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(items.len());
         for &(i, value, _) in items {
             cmd.arg(value.redis_key(&stage.policies[i].name));
         }
