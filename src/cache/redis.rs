@@ -192,8 +192,9 @@ impl RedisStore {
         if let Some(tier) = &self.tier
             && let Some(e) = tier.get(&key.full, now_ms)
         {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(self.gen_key(&key.group));
+            let gen_key = self.gen_key(&key.group);
+            let mut cmd = redis::Cmd::with_capacity(2, 3 + gen_key.len());
+            cmd.arg("GET").arg(gen_key);
             return match self.pool.query::<Option<Vec<u8>>>("cache_get", &cmd).await {
                 Ok(g) => Ok((Some(e), parse_gen(g))),
                 // Redis unreachable: the first tier answers while its entry is fresh
