@@ -150,7 +150,6 @@ impl RedisBackend {
         // does not know the script (`NOSCRIPT`: after a flush, restart or failover)
         // is the invocation built, which loads the script and retries.
         //
-        //
         // Sized up front: a command built from empty regrows its buffer five or six
         // times on the way to ~250 bytes. The script's SHA-1 is 40 hex digits, a
         // number at most 20 digits.
