@@ -6,7 +6,10 @@
 //!   tasks on the 2-worker runtime (issue #8's throughput comparison: time per
 //!   operation, so `raw / hit` is the hit rate as a fraction of the raw GET rate),
 //!   and `handler_raw_get`: the same request to a router whose handler GETs the same
-//!   bytes (a hand-written cache at its cheapest: the HTTP work on both sides).
+//!   bytes (a hand-written cache at its cheapest: the HTTP work on both sides), and
+//!   `cache_hit_no_router`: the layer over the handler service itself, called as
+//!   `benches/rate_limit.rs` calls the rate limiter (the backend through the layer,
+//!   palisade's public API, without axum's router in front).
 //! * `hit_vs_upstream`: a hit (memory and Redis) against a handler whose upstream
 //!   call takes 10 ms.
 //!
@@ -17,12 +20,14 @@
 //! benches are skipped with a note when it does not answer.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
@@ -30,9 +35,17 @@ use palisade::cache::CacheLayer;
 use palisade::config::{CacheBackend, CacheConfig, CacheRule, RedisConfig};
 use palisade::redis::RedisPool;
 use palisade::stack::BuildContext;
-use tower::ServiceExt;
+use tower::{Layer, Service, ServiceExt};
 
-const BODY: &str = include_str!("../Cargo.toml");
+/// The cached response body: 1 KiB, the size of issue #8's reference `GET` rate (a
+/// fixed size, so the comparison does not drift with whatever file it was cut from).
+const BODY: &str = {
+    const TEXT: &str = include_str!("../Cargo.toml");
+    match TEXT.split_at_checked(1024) {
+        Some((body, _)) => body,
+        None => panic!("Cargo.toml is shorter than 1 KiB"),
+    }
+};
 
 fn config(backend: CacheBackend, prefix: &str) -> CacheConfig {
     let mut c = CacheConfig::default();
@@ -58,7 +71,36 @@ fn app(layer: CacheLayer) -> Router {
         .layer(layer)
 }
 
-async fn fetch(app: &Router, uri: &str) -> usize {
+/// What `/items/{id}` answers, as a plain service (no router).
+async fn items(_: Request) -> Result<Response, Infallible> {
+    Ok(BODY.into_response())
+}
+
+/// The cache layer straight over the handler service.
+fn layer_over_handler(layer: CacheLayer) -> impl HttpService {
+    layer.layer(tower::service_fn(items))
+}
+
+/// A router, or a layer over a service: anything a bench can send requests to.
+trait HttpService:
+    Service<Request, Response = Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+async fn fetch(app: &impl HttpService, uri: &str) -> usize {
     let req = Request::get(uri)
         .header("host", "bench.example")
         .body(Body::empty())
@@ -108,12 +150,29 @@ fn gets(
 }
 
 /// `n` requests for `/items/1` by 64 tasks; the elapsed time.
-fn fetches(rt: &tokio::runtime::Runtime, n: u64, router: &Router) -> Duration {
+fn fetches(rt: &tokio::runtime::Runtime, n: u64, router: &impl HttpService) -> Duration {
     let router = router.clone();
     concurrent(rt, n, move || {
         let router = router.clone();
         async move {
             fetch(&router, "/items/1").await;
+        }
+    })
+}
+
+/// `n` raw `GET`s by 64 tasks over one plain redis-rs `MultiplexedConnection`
+/// (issue #8's reference setup for the raw `GET` rate); the elapsed time.
+fn gets_multiplexed(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    conn: &redis::aio::MultiplexedConnection,
+    cmd: &std::sync::Arc<redis::Cmd>,
+) -> Duration {
+    let (conn, cmd) = (conn.clone(), cmd.clone());
+    concurrent(rt, n, move || {
+        let (mut conn, cmd) = (conn.clone(), cmd.clone());
+        async move {
+            cmd.query_async::<Vec<u8>>(&mut conn).await.unwrap();
         }
     })
 }
@@ -133,9 +192,10 @@ fn handler_raw_get(pool: &RedisPool, cmd: &std::sync::Arc<redis::Cmd>) -> Router
 }
 
 /// Seven interleaved rounds (rotating order) of 64 000 operations by 64 tasks for the
-/// raw `GET`, the hand-written handler, the cache hit and the raw `GET` through a
-/// pool without `auto_pipeline`: the median rate of each and the median, within a
-/// round, of the hit's rate over the others. Criterion runs
+/// raw `GET`, the hand-written handler, the cache hit (through a router, and through
+/// the layer alone) and the raw `GET` through a pool without `auto_pipeline`: the
+/// median rate of each and the median, within a round, of the hits' rates over the
+/// others. Criterion runs
 /// one variant after the other, and this VM's drift between such runs is larger than
 /// the differences measured.
 fn paired_64_tasks(
@@ -144,33 +204,50 @@ fn paired_64_tasks(
     cmd: &std::sync::Arc<redis::Cmd>,
     by_hand: &Router,
     app: &Router,
+    no_router: &impl HttpService,
 ) {
     const ROUNDS: usize = 7;
     const OPS: u64 = 64_000;
+    let url = std::env::var("PALISADE_BENCH_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     // The same GET through a pool without `auto_pipeline`: redis-rs writing each
     // command as it comes.
-    let plain = RedisPool::from_config(
-        &RedisConfig::single(
-            std::env::var("PALISADE_BENCH_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    let plain = RedisPool::from_config(&RedisConfig::single(url.clone()).with_auto_pipeline(false))
+        .unwrap()
+        .unwrap();
+    // And through redis-rs alone: one `MultiplexedConnection` shared by the 64 tasks,
+    // the setup of issue #8's reference rate (no palisade code on the path).
+    let multiplexed = rt
+        .block_on(
+            redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection(),
         )
-        .with_auto_pipeline(false),
-    )
-    .unwrap()
-    .unwrap();
-    let variants: [(&str, &dyn Fn() -> Duration); 4] = [
+        .unwrap();
+    let variants: [(&str, &dyn Fn() -> Duration); 6] = [
         ("raw GET", &|| gets(rt, OPS, pool, cmd)),
         ("handler doing the raw GET", &|| fetches(rt, OPS, by_hand)),
-        ("cache hit through the layer", &|| fetches(rt, OPS, app)),
+        ("cache hit through a router", &|| fetches(rt, OPS, app)),
         ("raw GET, auto_pipeline = false", &|| {
             gets(rt, OPS, &plain, cmd)
         }),
+        ("cache hit, the layer over the handler", &|| {
+            fetches(rt, OPS, no_router)
+        }),
+        ("raw GET, one redis-rs MultiplexedConnection", &|| {
+            gets_multiplexed(rt, OPS, &multiplexed, cmd)
+        }),
     ];
     let mut rates = vec![Vec::new(); variants.len()];
+    // CPU seconds of this process and of the Redis server, per variant.
+    let mut cpu = vec![(0.0, 0.0); variants.len()];
     for round in 0..ROUNDS {
         for k in 0..variants.len() {
             let v = (round + k) % variants.len();
+            let before = (process_cpu_s(), redis_cpu_s(rt, pool));
             rates[v].push(OPS as f64 / (variants[v].1)().as_secs_f64());
+            cpu[v].0 += process_cpu_s() - before.0;
+            cpu[v].1 += redis_cpu_s(rt, pool) - before.1;
         }
     }
     let median = |mut xs: Vec<f64>| {
@@ -178,17 +255,59 @@ fn paired_64_tasks(
         xs[xs.len() / 2]
     };
     println!("\nRedis, 64 tasks, {ROUNDS} interleaved rounds of {OPS} (median):");
+    let per_op = |s: f64| s * 1e6 / (OPS as f64 * ROUNDS as f64);
     for (v, (name, _)) in variants.iter().enumerate() {
-        println!("{name}: {:.0}/s", median(rates[v].clone()));
+        println!(
+            "{name}: {:.0}/s, CPU µs an operation: this process {:.1}, Redis {:.1}",
+            median(rates[v].clone()),
+            per_op(cpu[v].0),
+            per_op(cpu[v].1)
+        );
     }
-    let ratio = |of: usize| median((0..ROUNDS).map(|r| rates[2][r] / rates[of][r]).collect());
-    println!(
-        "cache hit rate: {:.2} x raw GET, {:.2} x the handler doing the raw GET, \
-         {:.2} x raw GET without auto_pipeline",
-        ratio(0),
-        ratio(1),
-        ratio(3)
-    );
+    let ratio =
+        |hit: usize, of: usize| median((0..ROUNDS).map(|r| rates[hit][r] / rates[of][r]).collect());
+    for (hit, name) in [(4, "the layer over the handler"), (2, "through a router")] {
+        println!(
+            "cache hit rate, {name}: {:.2} x raw GET (pool), {:.2} x raw GET (pool without \
+             auto_pipeline), {:.2} x raw GET (one MultiplexedConnection), {:.2} x the handler \
+             doing the raw GET",
+            ratio(hit, 0),
+            ratio(hit, 3),
+            ratio(hit, 5),
+            ratio(hit, 1),
+        );
+    }
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (clock
+/// ticks of 10 ms: enough over a variant's 64 000 operations); 0 elsewhere.
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields 14 and 15 (utime, stime), counted after the parenthesized command name.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// CPU time (user + system) the Redis server reports for itself (`INFO cpu`).
+fn redis_cpu_s(rt: &tokio::runtime::Runtime, pool: &RedisPool) -> f64 {
+    let info: String = rt
+        .block_on(pool.query("bench", redis::cmd("INFO").arg("cpu")))
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_user:")
+                .or_else(|| l.strip_prefix("used_cpu_sys:"))
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 fn redis_pool(rt: &tokio::runtime::Runtime) -> Option<RedisPool> {
@@ -237,6 +356,7 @@ fn benches(c: &mut Criterion) {
             let layer = CacheLayer::from_config(&config(CacheBackend::Redis, &prefix), &ctx)
                 .unwrap()
                 .unwrap();
+            let no_router = layer_over_handler(layer.clone());
             let app = app(layer);
             fetch(&app, "/items/1").await;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -266,7 +386,7 @@ fn benches(c: &mut Criterion) {
                 .await
                 .unwrap();
             println!("stored entry: {} bytes", bytes.len());
-            (app, pool, raw_key, keys)
+            (app, pool, raw_key, keys, no_router)
         })
     });
 
@@ -276,8 +396,9 @@ fn benches(c: &mut Criterion) {
     // instructions per operation, all threads included (the connection's driver task
     // runs on the runtime too). Variants: `raw_get`, `raw_mget`, `cache_hit`,
     // `bare_router` (the same request to a router without the layer: the HTTP part of
-    // a hit that is no cache work).
-    if let (Some(iters), Some((app, pool, raw_key, keys))) = (
+    // a hit that is no cache work), `cache_hit_no_router` (the layer over the handler),
+    // `bare_service` (the handler service alone: the request and response objects).
+    if let (Some(iters), Some((app, pool, raw_key, keys, no_router))) = (
         std::env::var("CACHE_CALLGRIND_ITERS")
             .ok()
             .and_then(|n| n.parse::<u32>().ok()),
@@ -309,6 +430,13 @@ fn benches(c: &mut Criterion) {
                     "bare_router" => {
                         std::hint::black_box(fetch(&bare, "/items/1").await);
                     }
+                    "bare_service" => {
+                        let service = tower::service_fn(items);
+                        std::hint::black_box(fetch(&service, "/items/1").await);
+                    }
+                    "cache_hit_no_router" => {
+                        std::hint::black_box(fetch(no_router, "/items/1").await);
+                    }
                     _ => {
                         std::hint::black_box(fetch(app, "/items/1").await);
                     }
@@ -319,7 +447,7 @@ fn benches(c: &mut Criterion) {
     }
 
     let mut g = c.benchmark_group("redis_hit_vs_raw_get");
-    if let Some((app, pool, raw_key, keys)) = &redis {
+    if let Some((app, pool, raw_key, keys, _)) = &redis {
         let cmd = {
             let mut cmd = redis::cmd("GET");
             cmd.arg(raw_key);
@@ -357,7 +485,7 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("redis_hit_vs_raw_get_64_tasks");
-    if let Some((app, pool, raw_key, _)) = &redis {
+    if let Some((app, pool, raw_key, _, no_router)) = &redis {
         let cmd = std::sync::Arc::new({
             let mut cmd = redis::cmd("GET");
             cmd.arg(raw_key);
@@ -365,7 +493,7 @@ fn benches(c: &mut Criterion) {
         });
         let by_hand = handler_raw_get(pool, &cmd);
         if std::env::var("CACHE_PAIRED_ROUNDS").as_deref() != Ok("0") {
-            paired_64_tasks(&rt, pool, &cmd, &by_hand, app);
+            paired_64_tasks(&rt, pool, &cmd, &by_hand, app, no_router);
         }
         g.bench_function("raw_get_same_bytes", |b| {
             b.iter_custom(|iters| gets(&rt, iters, pool, &cmd))
@@ -375,6 +503,9 @@ fn benches(c: &mut Criterion) {
         });
         g.bench_function("cache_hit", |b| {
             b.iter_custom(|iters| fetches(&rt, iters, app))
+        });
+        g.bench_function("cache_hit_no_router", |b| {
+            b.iter_custom(|iters| fetches(&rt, iters, no_router))
         });
     }
     g.finish();
@@ -394,7 +525,7 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
-    if let Some((_, pool, raw_key, keys)) = &redis {
+    if let Some((_, pool, raw_key, keys, _)) = &redis {
         rt.block_on(async {
             let mut del = redis::cmd("DEL");
             del.arg(raw_key).arg(keys);

@@ -5,11 +5,28 @@
 //! scheme from [`client_info`](crate::client_ip::client_info) (forwarding headers only
 //! from trusted proxies), the `Host` the request was routed by, the raw path, the
 //! normalised query, the rule's `vary` headers and the identity when configured.
+//!
+//! The hash is BLAKE3 in keyed mode, under a key derived once from a context string
+//! (domain separation that costs nothing per request), and each length is a LEB128
+//! varint (one byte below 128): a typical key then fits one 64-byte BLAKE3 block,
+//! where a fixed eight-byte length per part and the context string hashed as input
+//! took two. A hit derives two keys (the entry's and its group's).
+
+use std::sync::LazyLock;
 
 use http::{HeaderMap, HeaderName};
 
 /// Bumped whenever the key derivation or the entry format changes.
-pub(crate) const FORMAT_VERSION: &str = "v1";
+pub(crate) const FORMAT_VERSION: &str = "v2";
+
+/// The context of the key derivation (BLAKE3 `derive_key`): palisade's cache keys
+/// cannot equal any other BLAKE3 digest of the same bytes.
+const CONTEXT: &str = "palisade 2026-11-24 response cache key";
+
+/// The BLAKE3 key every cache key is hashed under, derived once from [`CONTEXT`] and
+/// [`FORMAT_VERSION`] (a new format hashes every key differently, in memory too).
+static HASH_KEY: LazyLock<[u8; 32]> =
+    LazyLock::new(|| blake3::derive_key(CONTEXT, FORMAT_VERSION.as_bytes()));
 
 /// A derived key: the path group (host + path, for invalidation) and the full key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,26 +40,24 @@ pub(crate) struct Key {
 /// Feeds the key's components to BLAKE3. Keys are short, so the components are
 /// gathered in a stack buffer and hashed in one call (one call per component cost
 /// more than the hashing); a key that outgrows the buffer streams the rest. The
-/// digest is the same either way: BLAKE3 of the concatenated bytes.
+/// digest is the same either way: keyed BLAKE3 of the concatenated bytes.
 pub(crate) struct KeyBuilder {
     buf: [u8; KEY_BUF],
     len: usize,
     spill: Option<blake3::Hasher>,
 }
 
-const KEY_BUF: usize = 512;
+/// Room for a typical key; longer keys stream (same digest).
+const KEY_BUF: usize = 256;
 
 impl KeyBuilder {
     #[inline(always)]
     pub(crate) fn new() -> Self {
-        let mut b = Self {
+        Self {
             buf: [0; KEY_BUF],
             len: 0,
             spill: None,
-        };
-        b.feed(b"palisade-cache-");
-        b.feed(FORMAT_VERSION.as_bytes());
-        b
+        }
     }
 
     fn feed(&mut self, bytes: &[u8]) {
@@ -52,15 +67,39 @@ impl KeyBuilder {
             dst.copy_from_slice(bytes);
             self.len += bytes.len();
         } else {
-            let mut h = blake3::Hasher::new();
+            let mut h = blake3::Hasher::new_keyed(&HASH_KEY);
             h.update(&self.buf[..self.len]);
             h.update(bytes);
             self.spill = Some(h);
         }
     }
 
+    /// Appends `n` as a LEB128 varint: seven bits a byte, low bits first, the high
+    /// bit set on every byte but the last (a prefix-free code, so the concatenation of
+    /// length-prefixed parts still decodes one way only).
+    fn feed_len(&mut self, mut n: u64) {
+        // Nearly every length is one byte: store it without a `memcpy` call.
+        if n < 0x80
+            && self.spill.is_none()
+            && let Some(b) = self.buf.get_mut(self.len)
+        {
+            *b = n as u8;
+            self.len += 1;
+            return;
+        }
+        let mut out = [0u8; 10];
+        let mut i = 0;
+        while n >= 0x80 {
+            out[i] = (n as u8) | 0x80;
+            n >>= 7;
+            i += 1;
+        }
+        out[i] = n as u8;
+        self.feed(&out[..=i]);
+    }
+
     pub(crate) fn part(&mut self, bytes: &[u8]) -> &mut Self {
-        self.feed(&(bytes.len() as u64).to_le_bytes());
+        self.feed_len(bytes.len() as u64);
         self.feed(bytes);
         self
     }
@@ -73,14 +112,14 @@ impl KeyBuilder {
             n += 1;
             self.part(trim(v.as_bytes()));
         }
-        self.feed(&n.to_le_bytes());
+        self.feed_len(n);
         self
     }
 
     pub(crate) fn finish(&self) -> [u8; 32] {
         match &self.spill {
             Some(h) => *h.finalize().as_bytes(),
-            None => *blake3::hash(&self.buf[..self.len]).as_bytes(),
+            None => *blake3::keyed_hash(&HASH_KEY, &self.buf[..self.len]).as_bytes(),
         }
     }
 }
@@ -129,18 +168,43 @@ pub(crate) fn normalise_query(query: Option<&str>, ignore: &[String]) -> String 
 /// holds anything a host cannot (such a request is not cached).
 /// Borrowed when it is lower-case already, as it nearly always is.
 pub(crate) fn validate_host(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    /// Per byte: 0 not allowed in a host, `OK`, or `OK | UPPER`.
+    const OK: u8 = 1;
+    const UPPER: u8 = 2;
+    const CLASS: [u8; 256] = {
+        let mut t = [0u8; 256];
+        let mut c = 0;
+        while c < 256 {
+            let b = c as u8;
+            t[c] = if b.is_ascii_uppercase() {
+                OK | UPPER
+            } else if b.is_ascii_alphanumeric()
+                || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+            {
+                OK
+            } else {
+                0
+            };
+            c += 1;
+        }
+        t
+    };
     if raw.is_empty() || raw.len() > 255 {
         return None;
     }
-    let ok = raw
-        .iter()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
-    if !ok {
+    // One table look-up a byte: whether it may appear, and whether it is upper case.
+    let (mut all, mut any) = (OK, 0);
+    for &c in raw {
+        let class = CLASS[usize::from(c)];
+        all &= class;
+        any |= class;
+    }
+    if all == 0 {
         return None;
     }
     // Only ASCII passed the check above.
     let s = std::str::from_utf8(raw).ok()?;
-    Some(if raw.iter().any(u8::is_ascii_uppercase) {
+    Some(if any & UPPER != 0 {
         std::borrow::Cow::Owned(s.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(s)
@@ -195,30 +259,71 @@ mod tests {
         );
     }
 
-    #[test]
-    fn long_keys_hash_like_short_ones() {
-        // Past the stack buffer the builder streams: the digest must still be BLAKE3
-        // of every component, in order.
-        let long = vec![b'q'; 3 * KEY_BUF];
-        let mut expected = blake3::Hasher::new();
-        expected.update(b"palisade-cache-");
-        expected.update(FORMAT_VERSION.as_bytes());
-        for part in [&b"GET"[..], &long, b"tail"] {
-            expected.update(&(part.len() as u64).to_le_bytes());
-            expected.update(part);
+    /// Keyed BLAKE3 of `parts`, each after its LEB128 length, written out longhand.
+    fn reference(parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&blake3::derive_key(CONTEXT, b"v2"));
+        for part in parts {
+            let mut n = part.len();
+            loop {
+                let low = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    h.update(&[low]);
+                    break;
+                }
+                h.update(&[low | 0x80]);
+            }
+            h.update(part);
         }
-        let got = KeyBuilder::new()
-            .part(b"GET")
-            .part(&long)
-            .part(b"tail")
-            .finish();
-        assert_eq!(got, *expected.finalize().as_bytes());
-        let short = KeyBuilder::new().part(b"GET").finish();
-        let mut expected = blake3::Hasher::new();
-        expected.update(b"palisade-cache-v1");
-        expected.update(&3u64.to_le_bytes());
-        expected.update(b"GET");
-        assert_eq!(short, *expected.finalize().as_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    #[test]
+    fn keys_are_keyed_blake3_of_length_prefixed_parts() {
+        // Lengths on both sides of each varint byte boundary, and a key past the stack
+        // buffer (the builder streams it): the digest is the same function throughout.
+        for len in [
+            0,
+            1,
+            127,
+            128,
+            129,
+            300,
+            KEY_BUF,
+            16_383,
+            16_384,
+            3 * KEY_BUF,
+        ] {
+            let long = vec![b'q'; len];
+            let parts: [&[u8]; 3] = [b"GET", &long, b"tail"];
+            let mut b = KeyBuilder::new();
+            for p in parts {
+                b.part(p);
+            }
+            assert_eq!(b.finish(), reference(&parts), "part of {len} bytes");
+        }
+        assert_eq!(
+            KeyBuilder::new().part(b"GET").finish(),
+            reference(&[b"GET"])
+        );
+    }
+
+    #[test]
+    fn typical_keys_fit_one_blake3_block() {
+        // What a hit hashes twice; more than 64 bytes costs a second compression.
+        let mut b = KeyBuilder::new();
+        b.part(b"GET")
+            .part(b"https")
+            .part(b"api.example.com")
+            .part(b"/v1/products/12345")
+            .part(b"")
+            .part(b"");
+        assert!(b.len <= 64, "{} bytes", b.len);
+        let mut g = KeyBuilder::new();
+        g.part(b"group")
+            .part(b"api.example.com")
+            .part(b"/v1/products/12345");
+        assert!(g.len <= 64, "{} bytes", g.len);
     }
 
     #[test]
@@ -231,6 +336,10 @@ mod tests {
         let a = KeyBuilder::new().part(b"ab").part(b"c").finish();
         let b = KeyBuilder::new().part(b"a").part(b"bc").finish();
         assert_ne!(a, b);
+        assert_ne!(
+            KeyBuilder::new().part(b"").finish(),
+            KeyBuilder::new().finish()
+        );
     }
 
     #[test]
@@ -259,5 +368,21 @@ mod tests {
         assert!(validate_host(b"evil.com/x").is_none());
         assert!(validate_host(b"a b").is_none());
         assert!(validate_host(b"").is_none());
+        // Every byte value, alone and after valid text: allowed exactly when the
+        // rule written out says so, and lower-cased.
+        for c in 0..=255u8 {
+            let allowed = c.is_ascii_alphanumeric() || b".-:[]_".contains(&c);
+            for raw in [vec![c], vec![b'a', c, b'b']] {
+                let got = validate_host(&raw);
+                assert_eq!(got.is_some(), allowed, "byte {c:#04x}");
+                if let Some(host) = got {
+                    assert_eq!(host.as_bytes(), raw.to_ascii_lowercase().as_slice());
+                    let borrowed = matches!(host, std::borrow::Cow::Borrowed(_));
+                    assert_eq!(borrowed, !c.is_ascii_uppercase(), "byte {c:#04x}");
+                }
+            }
+        }
+        assert!(validate_host(&[b'a'; 256]).is_none());
+        assert!(validate_host(&[b'a'; 255]).is_some());
     }
 }

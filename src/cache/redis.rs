@@ -2,11 +2,11 @@
 //!
 //! Key layout (`P` = `key_prefix`, hex digests):
 //!
-//! * `P v1:{<group>}:<key>` — an entry (or a variant index), `SET … PX` with the
+//! * `P v2:{<group>}:<key>` — an entry (or a variant index), `SET … PX` with the
 //!   freshness plus the longest stale window;
-//! * `P v1:{<group>}:gen` — the resource group's generation;
-//! * `P v1:{tags}:<tag>` — a tag's generation;
-//! * `P v1:{tags}:epoch` — changed by every tag purge, before the tag's generation.
+//! * `P v2:{<group>}:gen` — the resource group's generation;
+//! * `P v2:{tags}:<tag>` — a tag's generation;
+//! * `P v2:{tags}:epoch` — changed by every tag purge, before the tag's generation.
 //!
 //! The hash tags put an entry and its group generation in one Cluster slot, so a
 //! lookup is a single `MGET` round trip on a Cluster too. Generations are random
@@ -46,7 +46,7 @@ use crate::redis::RedisPool;
 pub(crate) struct RedisStore {
     pool: RedisPool,
     decoded: Decoded,
-    /// `"{key_prefix}v1:"`.
+    /// `"{key_prefix}v2:"`.
     prefix: String,
     tier: Option<MemoryStore>,
     /// How long generation keys live: longer than any entry.
@@ -143,7 +143,7 @@ impl RedisStore {
         }
     }
 
-    /// `P v1:{<group>}:` with room for `extra` more bytes (built without `format!`:
+    /// `P v2:{<group>}:` with room for `extra` more bytes (built without `format!`:
     /// this runs on every lookup).
     fn group_key(&self, group: &[u8; 16], extra: usize) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.prefix.len() + 36 + extra);
