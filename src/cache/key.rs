@@ -280,14 +280,16 @@ mod tests {
 
     #[test]
     fn keys_are_keyed_blake3_of_length_prefixed_parts() {
-        // Lengths on both sides of each varint byte boundary, and a key past the stack
-        // buffer (the builder streams it): the digest is the same function throughout.
+        // Lengths on both sides of each varint byte boundary, a key that fills the stack
+        // buffer exactly before the next length (250: 4 + 2 + 250 bytes), and keys past
+        // it (the builder streams them): the digest is the same function throughout.
         for len in [
             0,
             1,
             127,
             128,
             129,
+            250,
             300,
             KEY_BUF,
             16_383,
