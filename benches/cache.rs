@@ -412,6 +412,17 @@ fn benches(c: &mut Criterion) {
         let gen_key = format!("{}:gen", entry_key.rsplit_once(':').unwrap().0);
         let mut mget = redis::cmd("MGET");
         mget.arg(&gen_key).arg(entry_key);
+        // `CACHE_CALLGRIND_TASKS=64`: the same operations by 64 concurrent tasks, as in
+        // the timed pass (calls then share auto-pipelined batches); `raw_get` and
+        // `cache_hit_no_router` only.
+        if std::env::var("CACHE_CALLGRIND_TASKS").as_deref() == Ok("64") {
+            let get_cmd = std::sync::Arc::new(get_cmd);
+            match only.as_str() {
+                "raw_get" => gets(&rt, u64::from(iters), pool, &get_cmd),
+                _ => fetches(&rt, u64::from(iters), no_router),
+            };
+            return;
+        }
         rt.block_on(async {
             for _ in 0..iters {
                 match only.as_str() {
