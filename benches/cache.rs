@@ -14,7 +14,10 @@
 //!   call takes 10 ms.
 //!
 //! Before criterion, the 64-task comparison also runs as seven interleaved rounds
-//! (`CACHE_PAIRED_ROUNDS=0` skips them) and prints the median ratios.
+//! (`CACHE_PAIRED_ROUNDS=0` skips them) and prints the median ratios, with two more raw
+//! `GET`s to compare against: through the pool without `auto_pipeline`, and through one
+//! plain redis-rs `MultiplexedConnection` (issue #8's reference setup), plus the CPU time
+//! each variant costs this process and Redis per operation.
 //!
 //! Redis: `PALISADE_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`); the Redis
 //! benches are skipped with a note when it does not answer.
