@@ -416,13 +416,28 @@ fn benches(c: &mut Criterion) {
         let mut mget = redis::cmd("MGET");
         mget.arg(&gen_key).arg(entry_key);
         // `CACHE_CALLGRIND_TASKS=64`: the same operations by 64 concurrent tasks, as in
-        // the timed pass (calls then share auto-pipelined batches); `raw_get` and
-        // `cache_hit_no_router` only.
+        // the timed pass (calls then share auto-pipelined batches); `raw_get`,
+        // `reference_get` (one plain redis-rs `MultiplexedConnection`, the timed pass's
+        // reference), `cache_hit` and `cache_hit_no_router` only.
         if std::env::var("CACHE_CALLGRIND_TASKS").as_deref() == Ok("64") {
             let get_cmd = std::sync::Arc::new(get_cmd);
             match only.as_str() {
                 "raw_get" => gets(&rt, u64::from(iters), pool, &get_cmd),
-                _ => fetches(&rt, u64::from(iters), no_router),
+                "reference_get" => {
+                    let url = std::env::var("PALISADE_BENCH_REDIS_URL")
+                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+                    let conn = rt
+                        .block_on(
+                            redis::Client::open(url)
+                                .unwrap()
+                                .get_multiplexed_async_connection(),
+                        )
+                        .unwrap();
+                    gets_multiplexed(&rt, u64::from(iters), &conn, &get_cmd)
+                }
+                "cache_hit" => fetches(&rt, u64::from(iters), app),
+                "cache_hit_no_router" => fetches(&rt, u64::from(iters), no_router),
+                other => panic!("CACHE_CALLGRIND_TASKS=64 does not run CACHE_ONLY={other:?}"),
             };
             return;
         }

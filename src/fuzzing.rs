@@ -241,6 +241,7 @@ pub fn encode_entry_with(entry: &Entry, compress_min: usize) -> Option<Vec<u8>> 
             etag: etag.clone(),
             body: bytes::Bytes::copy_from_slice(body),
             public: *public,
+            hit_headers: Default::default(),
         }),
     };
     Some(

@@ -58,6 +58,36 @@ async fn concurrent_misses_make_one_call() {
     cache_suite::concurrent_misses_make_one_call(&memory()).await;
 }
 
+/// Hits within one second share their headers (the record keeps them); the next
+/// second's hit must still show its own `Age` and TTL.
+#[tokio::test(start_paused = true)]
+async fn age_and_ttl_follow_the_clock_from_hit_to_hit() {
+    let mut r = rule(&["/items/{id}"]);
+    r.ttl_s = Some(30);
+    let app = app(&memory(), config(vec![r]));
+    get(&app, "/items/1").await;
+    let mut seen = Vec::new();
+    for step_ms in [0, 400, 700, 900, 8_000] {
+        tokio::time::advance(Duration::from_millis(step_ms)).await;
+        let hit = get(&app, "/items/1").await;
+        assert_eq!(hit.x_cache(), "HIT");
+        let age = hit.headers["age"].to_str().unwrap().to_owned();
+        seen.push((age, hit.cache_status().to_owned()));
+    }
+    let expect = |age: &str, ttl: u32| (age.to_owned(), format!("palisade; hit; ttl={ttl}"));
+    assert_eq!(
+        seen,
+        [
+            expect("0", 30),
+            expect("0", 29),
+            expect("1", 28),
+            expect("2", 28),
+            expect("10", 20),
+        ]
+    );
+    assert_eq!(app.calls.get("items"), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn entries_expire_after_their_ttl() {
     let mut r = rule(&["/items/{id}"]);

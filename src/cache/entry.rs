@@ -16,8 +16,10 @@
 // The binary encoding is only used by the Redis backend (and its tests).
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
+use std::sync::Mutex;
+
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 const MAGIC: &[u8; 3] = b"PLC";
 /// 2 added the compression flag; 3 folds the checksum in four independent lanes.
@@ -69,6 +71,73 @@ pub(crate) struct ResponseData {
     /// Stored from a `Cache-Control: public` response: may be served to requests
     /// with credentials.
     pub(crate) public: bool,
+    /// The headers of the last full hit served from this record (see [`HitHeaders`]).
+    pub(crate) hit_headers: HitHeaders,
+}
+
+/// The complete header map of a plain `200`-style hit (stored headers, `ETag`,
+/// `Cache-Status`, `X-Cache`, `Age`), kept with the age and TTL it was built for.
+///
+/// Every hit within the same second of a record's life sends the same headers: a
+/// hit clones this map (two allocations and a reference count per value) instead of
+/// hashing every header name into a fresh map and formatting `Age` and
+/// `Cache-Status` again. Part of the record, so it lives and dies with the memoised
+/// decoded entry; a copy or a newly decoded record starts empty.
+#[derive(Default)]
+pub(crate) struct HitHeaders(Mutex<Option<HitSnapshot>>);
+
+struct HitSnapshot {
+    age: u64,
+    ttl: i64,
+    headers: HeaderMap,
+}
+
+impl HitHeaders {
+    /// The headers for `age` and `ttl`: the kept map when it was built for them,
+    /// else `build()`, kept for the hits that follow.
+    pub(crate) fn get_or_build(
+        &self,
+        age: u64,
+        ttl: i64,
+        build: impl FnOnce() -> HeaderMap,
+    ) -> HeaderMap {
+        // A poisoned lock only means a clone panicked (out of memory): the map
+        // itself is whole, so it is still used.
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = &*kept
+            && s.age == age
+            && s.ttl == ttl
+        {
+            return s.headers.clone();
+        }
+        let headers = build();
+        *kept = Some(HitSnapshot {
+            age,
+            ttl,
+            headers: headers.clone(),
+        });
+        headers
+    }
+}
+
+impl Clone for HitHeaders {
+    /// A copy of a record starts without a kept map (it is rebuilt on its first hit).
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for HitHeaders {
+    /// A cache of what the record's other fields determine: never a difference.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for HitHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HitHeaders")
+    }
 }
 
 impl Stored {
@@ -103,6 +172,8 @@ impl Stored {
                         .iter()
                         .map(|(n, v)| n.as_str().len() + v.len() + 48)
                         .sum::<usize>()
+                    // The header map a hit keeps (`HitHeaders`): a bucket a header.
+                    + (r.headers.len() + 4) * 96
             }
             Kind::Variants(names) => names.len() * 32,
         };
@@ -232,6 +303,7 @@ impl Stored {
                 etag,
                 body,
                 public: flags & FLAG_PUBLIC != 0,
+                hit_headers: HitHeaders::default(),
             })
         };
         if r.pos != r.buf.len() {
@@ -446,6 +518,7 @@ mod tests {
                 etag: HeaderValue::from_static("\"abc\""),
                 body: Bytes::from_static(b"hello"),
                 public: true,
+                hit_headers: Default::default(),
             }),
         }
     }
@@ -611,5 +684,32 @@ mod tests {
         let mut old = with_body(text(64), "text/plain").encode(0);
         old[MAGIC.len()] = 1;
         assert!(Stored::decode(reseal(old)).is_none());
+    }
+
+    #[test]
+    fn hit_headers_are_rebuilt_when_age_or_ttl_changes() {
+        let kept = HitHeaders::default();
+        let builds = std::cell::Cell::new(0);
+        let at = |age: u64, ttl: i64| {
+            kept.get_or_build(age, ttl, || {
+                builds.set(builds.get() + 1);
+                let mut h = HeaderMap::new();
+                h.insert(http::header::AGE, HeaderValue::from(age));
+                h
+            })
+        };
+        assert_eq!(at(0, 30)[http::header::AGE], "0");
+        assert_eq!(at(0, 30)[http::header::AGE], "0");
+        at(0, 29);
+        assert_eq!(at(1, 29)[http::header::AGE], "1");
+        assert_eq!(
+            builds.get(),
+            3,
+            "one build per (age, ttl), reused in between"
+        );
+        assert!(
+            kept.clone().0.lock().unwrap().is_none(),
+            "a copy starts empty"
+        );
     }
 }

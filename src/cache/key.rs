@@ -219,9 +219,16 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     String::from_utf8(s).unwrap_or_default()
 }
 
-/// Appends `bytes` in lower-case hex (the hot path builds Redis keys with it: Redis
-/// keys are bytes, so no UTF-8 bookkeeping per digit; two digits per table look-up).
+/// Appends `bytes` in lower-case hex (Redis keys are bytes: no UTF-8 bookkeeping).
 pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
+    out.resize(start + bytes.len() * 2, 0);
+    hex_into(&mut out[start..], bytes);
+}
+
+/// Writes `bytes` in lower-case hex to the start of `dst` (at least twice as long):
+/// two digits per table look-up, no length check or growth per digit.
+pub(crate) fn hex_into(dst: &mut [u8], bytes: &[u8]) {
     const PAIRS: [[u8; 2]; 256] = {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut t = [[0u8; 2]; 256];
@@ -232,9 +239,8 @@ pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
         }
         t
     };
-    out.reserve(bytes.len() * 2);
-    for &b in bytes {
-        out.extend_from_slice(&PAIRS[usize::from(b)]);
+    for (pair, &b) in dst.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
     }
 }
 
@@ -331,6 +337,15 @@ mod tests {
     #[test]
     fn hex_is_lower_case() {
         assert_eq!(hex(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
+    }
+
+    #[test]
+    fn push_hex_appends_after_what_is_there() {
+        let mut key = b"p:{".to_vec();
+        push_hex(&mut key, &[0x01, 0xab]);
+        push_hex(&mut key, &[]);
+        key.push(b'}');
+        assert_eq!(key, b"p:{01ab}");
     }
 
     #[test]

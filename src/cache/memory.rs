@@ -185,6 +185,7 @@ mod tests {
                 etag: HeaderValue::from_static("\"x\""),
                 body: Bytes::from(vec![0u8; body]),
                 public: false,
+                hit_headers: Default::default(),
             }),
         })
     }

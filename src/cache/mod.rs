@@ -33,7 +33,10 @@
 //! reason when nothing was stored or served, `Age`, and `X-Cache: HIT|MISS`; a
 //! [`CacheOutcome`] goes into the response extensions for logs and metrics when the
 //! request asks for it ([`RecordOutcomes`](crate::outcome::RecordOutcomes), which the
-//! access log and metrics insert).
+//! access log and metrics insert). Every hit of one record within the same second
+//! sends the same headers (`Age` and the TTL change by the second), so the record
+//! keeps the header map of its last hit and the next one clones it: a reference count
+//! per value instead of hashing every name into a new map and formatting `Age` again.
 //!
 //! Misses stream: the first byte reaches the client as soon as the handler sends it
 //! while a copy is kept up to `max_body_bytes`; only a complete body is stored.

@@ -139,6 +139,8 @@ pub(crate) struct RequestHeaders {
     pub(crate) unkeyed: bool,
     /// `X-Forwarded-Proto` or `Forwarded` (unkeyed unless a trusted proxy sent it).
     pub(crate) forwarding: bool,
+    /// `If-None-Match`: a hit may be a `304`.
+    pub(crate) if_none_match: bool,
 }
 
 impl RequestHeaders {
@@ -163,6 +165,7 @@ impl RequestHeaders {
                 | "x-http-method"
                 | "x-method-override" => found.unkeyed = true,
                 "x-forwarded-proto" | "forwarded" => found.forwarding = true,
+                "if-none-match" => found.if_none_match = true,
                 _ => {}
             }
         }
@@ -387,6 +390,7 @@ mod tests {
         ] {
             assert!(scan(&name).forwarding, "{name}");
         }
+        assert!(scan(&http::header::IF_NONE_MATCH).if_none_match);
         assert_eq!(
             scan(&http::header::ACCEPT),
             RequestHeaders::default(),

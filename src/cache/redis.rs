@@ -39,7 +39,7 @@ use redis::Cmd;
 
 use super::CacheStoreError;
 use super::entry::Stored;
-use super::key::{FORMAT_VERSION, Key, hex, push_hex};
+use super::key::{FORMAT_VERSION, Key, hex, hex_into};
 use super::memory::MemoryStore;
 use crate::redis::RedisPool;
 
@@ -79,6 +79,80 @@ fn random_gen() -> u64 {
     let mut out = [0u8; 8];
     out.copy_from_slice(&h.finalize().as_bytes()[..8]);
     u64::from_le_bytes(out).max(1)
+}
+
+/// `P v2:{<group>}:gen` or `P v2:{<group>}:<key>`, written into a command's
+/// buffer as one argument (every lookup sends two: no `Vec` for either, and the
+/// group's digits are computed once for both).
+struct GroupKey<'a> {
+    prefix: &'a str,
+    /// The group in hex ([`group_hex`]).
+    group: &'a [u8; 32],
+    /// The entry's full key, or `None` for the group's generation.
+    full: Option<&'a [u8; 32]>,
+}
+
+/// The 32 hex digits of a group.
+fn group_hex(group: &[u8; 16]) -> [u8; 32] {
+    let mut digits = [0u8; 32];
+    hex_into(&mut digits, group);
+    digits
+}
+
+impl<'a> GroupKey<'a> {
+    fn gen_(prefix: &'a str, group: &'a [u8; 32]) -> Self {
+        Self {
+            prefix,
+            group,
+            full: None,
+        }
+    }
+
+    fn entry(prefix: &'a str, group: &'a [u8; 32], key: &'a Key) -> Self {
+        Self {
+            prefix,
+            group,
+            full: Some(&key.full),
+        }
+    }
+
+    /// The length in bytes: the prefix, `{`, 32 digits, `}:`, and 64 digits or `gen`.
+    fn len(&self) -> usize {
+        self.prefix.len() + 35 + if self.full.is_some() { 64 } else { 3 }
+    }
+
+    /// Writes the key to the start of `out`, which must hold [`len`](Self::len) bytes.
+    fn write(&self, out: &mut [u8]) {
+        let (prefix, rest) = out.split_at_mut(self.prefix.len());
+        prefix.copy_from_slice(self.prefix.as_bytes());
+        rest[0] = b'{';
+        rest[1..33].copy_from_slice(self.group);
+        rest[33..35].copy_from_slice(b"}:");
+        match self.full {
+            Some(full) => hex_into(&mut rest[35..99], full),
+            None => rest[35..38].copy_from_slice(b"gen"),
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0; self.len()];
+        self.write(&mut out);
+        out
+    }
+}
+
+impl redis::ToRedisArgs for GroupKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        // On the stack unless the configured prefix is unusually long.
+        let mut buf = [0u8; 192];
+        match buf.get_mut(..self.len()) {
+            Some(key) => {
+                self.write(key);
+                out.write_arg(key);
+            }
+            None => out.write_arg(&self.to_vec()),
+        }
+    }
 }
 
 /// The last decoded entry of each slot, with the exact bytes it was decoded from.
@@ -143,27 +217,12 @@ impl RedisStore {
         }
     }
 
-    /// `P v2:{<group>}:` with room for `extra` more bytes (built without `format!`:
-    /// this runs on every lookup).
-    fn group_key(&self, group: &[u8; 16], extra: usize) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.prefix.len() + 36 + extra);
-        k.extend_from_slice(self.prefix.as_bytes());
-        k.push(b'{');
-        push_hex(&mut k, group);
-        k.extend_from_slice(b"}:");
-        k
-    }
-
     fn entry_key(&self, key: &Key) -> Vec<u8> {
-        let mut k = self.group_key(&key.group, 64);
-        push_hex(&mut k, &key.full);
-        k
+        GroupKey::entry(&self.prefix, &group_hex(&key.group), key).to_vec()
     }
 
     fn gen_key(&self, group: &[u8; 16]) -> Vec<u8> {
-        let mut k = self.group_key(group, 3);
-        k.extend_from_slice(b"gen");
-        k
+        GroupKey::gen_(&self.prefix, &group_hex(group)).to_vec()
     }
 
     fn epoch_key(&self) -> String {
@@ -192,9 +251,10 @@ impl RedisStore {
         if let Some(tier) = &self.tier
             && let Some(e) = tier.get(&key.full, now_ms)
         {
-            let gen_key = self.gen_key(&key.group);
+            let group = group_hex(&key.group);
+            let gen_key = GroupKey::gen_(&self.prefix, &group);
             let mut cmd = redis::Cmd::with_capacity(2, 3 + gen_key.len());
-            cmd.arg("GET").arg(gen_key);
+            cmd.arg("GET").arg(&gen_key);
             return match self.pool.query::<Option<Vec<u8>>>("cache_get", &cmd).await {
                 Ok(g) => Ok((Some(e), parse_gen(g))),
                 // Redis unreachable: the first tier answers while its entry is fresh
@@ -206,15 +266,12 @@ impl RedisStore {
                 Err(e) => Err(err(e)),
             };
         }
-        // Both keys start with the group's prefix: hex-encode it once.
-        let mut entry_key = self.group_key(&key.group, 64);
-        let mut gen_key = Vec::with_capacity(entry_key.len() + 3);
-        gen_key.extend_from_slice(&entry_key);
-        gen_key.extend_from_slice(b"gen");
-        push_hex(&mut entry_key, &key.full);
+        let group = group_hex(&key.group);
+        let gen_key = GroupKey::gen_(&self.prefix, &group);
+        let entry_key = GroupKey::entry(&self.prefix, &group, key);
         // Sized up front (`redis::cmd` starts empty and regrows on every argument).
         let mut cmd = redis::Cmd::with_capacity(3, 4 + gen_key.len() + entry_key.len());
-        cmd.arg("MGET").arg(gen_key).arg(&entry_key);
+        cmd.arg("MGET").arg(&gen_key).arg(&entry_key);
         let (g, v): (Option<Vec<u8>>, Option<Vec<u8>>) =
             self.pool.query("cache_get", &cmd).await.map_err(err)?;
         let gen_ = parse_gen(g);
@@ -229,6 +286,7 @@ impl RedisStore {
             Some(rec)
         }) else {
             // Corrupt, truncated or another format version: a miss; drop it.
+            let entry_key = entry_key.to_vec();
             let pool = self.pool.clone();
             tokio::spawn(async move {
                 let mut del = redis::cmd("DEL");
@@ -367,6 +425,50 @@ mod tests {
         };
         let bytes = Bytes::from(rec.encode(0));
         (bytes, Arc::new(rec))
+    }
+
+    #[test]
+    fn keys_follow_the_documented_layout_in_commands_too() {
+        let key = Key {
+            group: [0xab; 16],
+            full: [0x01; 32],
+        };
+        let digits = group_hex(&key.group);
+        let entry = GroupKey::entry("app:v2:", &digits, &key);
+        let gen_ = GroupKey::gen_("app:v2:", &digits);
+        let group = format!("app:v2:{{{}}}:", "ab".repeat(16));
+        assert_eq!(
+            entry.to_vec(),
+            format!("{group}{}", "01".repeat(32)).as_bytes()
+        );
+        assert_eq!(gen_.to_vec(), format!("{group}gen").as_bytes());
+        assert_eq!(
+            (entry.len(), gen_.len()),
+            (entry.to_vec().len(), gen_.to_vec().len())
+        );
+        // As arguments, each is exactly one argument with the same bytes.
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&gen_).arg(&entry);
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => panic!("only plain arguments"),
+            })
+            .collect();
+        assert_eq!(args, [b"MGET".to_vec(), gen_.to_vec(), entry.to_vec()]);
+        // A prefix too long for the stack buffer takes the same bytes through a `Vec`.
+        let long = "p".repeat(200);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(GroupKey::entry(&long, &digits, &key));
+        let arg = cmd.args_iter().nth(1).map(|a| match a {
+            redis::Arg::Simple(b) => b.to_vec(),
+            _ => panic!("only plain arguments"),
+        });
+        assert_eq!(
+            arg.unwrap(),
+            format!("{long}{{{}}}:{}", "ab".repeat(16), "01".repeat(32)).as_bytes()
+        );
     }
 
     #[test]
