@@ -211,22 +211,13 @@ fn paired_64_tasks(
 ) {
     const ROUNDS: usize = 7;
     const OPS: u64 = 64_000;
-    let url = std::env::var("PALISADE_BENCH_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     // The same GET through a pool without `auto_pipeline`: redis-rs writing each
     // command as it comes.
-    let plain = RedisPool::from_config(&RedisConfig::single(url.clone()).with_auto_pipeline(false))
+    let plain = RedisPool::from_config(&RedisConfig::single(redis_url()).with_auto_pipeline(false))
         .unwrap()
         .unwrap();
-    // And through redis-rs alone: one `MultiplexedConnection` shared by the 64 tasks,
-    // the setup of issue #8's reference rate (no palisade code on the path).
-    let multiplexed = rt
-        .block_on(
-            redis::Client::open(url)
-                .unwrap()
-                .get_multiplexed_async_connection(),
-        )
-        .unwrap();
+    // And through redis-rs alone: one `MultiplexedConnection` shared by the 64 tasks.
+    let multiplexed = reference_connection(rt);
     let variants: [(&str, &dyn Fn() -> Duration); 6] = [
         ("raw GET", &|| gets(rt, OPS, pool, cmd)),
         ("handler doing the raw GET", &|| fetches(rt, OPS, by_hand)),
@@ -313,9 +304,24 @@ fn redis_cpu_s(rt: &tokio::runtime::Runtime, pool: &RedisPool) -> f64 {
         .sum()
 }
 
+/// `PALISADE_BENCH_REDIS_URL`, or the local default.
+fn redis_url() -> String {
+    std::env::var("PALISADE_BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Issue #8's reference client for the raw `GET` rate: one plain redis-rs
+/// `MultiplexedConnection` (no palisade code on the path), shared by the 64 tasks.
+fn reference_connection(rt: &tokio::runtime::Runtime) -> redis::aio::MultiplexedConnection {
+    rt.block_on(
+        redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection(),
+    )
+    .unwrap()
+}
+
 fn redis_pool(rt: &tokio::runtime::Runtime) -> Option<RedisPool> {
-    let url = std::env::var("PALISADE_BENCH_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = redis_url();
     // `CACHE_BENCH_AUTO_PIPELINE=false`: the layer's pool without auto-pipelining.
     let auto = std::env::var("CACHE_BENCH_AUTO_PIPELINE").as_deref() != Ok("false");
     let pool = RedisPool::from_config(&RedisConfig::single(url.clone()).with_auto_pipeline(auto))
@@ -424,15 +430,7 @@ fn benches(c: &mut Criterion) {
             match only.as_str() {
                 "raw_get" => gets(&rt, u64::from(iters), pool, &get_cmd),
                 "reference_get" => {
-                    let url = std::env::var("PALISADE_BENCH_REDIS_URL")
-                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-                    let conn = rt
-                        .block_on(
-                            redis::Client::open(url)
-                                .unwrap()
-                                .get_multiplexed_async_connection(),
-                        )
-                        .unwrap();
+                    let conn = reference_connection(&rt);
                     gets_multiplexed(&rt, u64::from(iters), &conn, &get_cmd)
                 }
                 "cache_hit" => fetches(&rt, u64::from(iters), app),

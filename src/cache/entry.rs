@@ -16,7 +16,7 @@
 // The binary encoding is only used by the Redis backend (and its tests).
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
-use std::sync::Mutex;
+use std::sync::{PoisonError, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -83,8 +83,11 @@ pub(crate) struct ResponseData {
 /// hashing every header name into a fresh map and formatting `Age` and
 /// `Cache-Status` again. Part of the record, so it lives and dies with the memoised
 /// decoded entry; a copy or a newly decoded record starts empty.
+///
+/// A read-write lock: hits of a hot record on many threads only read it (a shared
+/// read lock); one writer replaces it once a second.
 #[derive(Default)]
-pub(crate) struct HitHeaders(Mutex<Option<HitSnapshot>>);
+pub(crate) struct HitHeaders(RwLock<Option<Box<HitSnapshot>>>);
 
 struct HitSnapshot {
     age: u64,
@@ -103,19 +106,19 @@ impl HitHeaders {
     ) -> HeaderMap {
         // A poisoned lock only means a clone panicked (out of memory): the map
         // itself is whole, so it is still used.
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = &*kept
+        if let Some(s) = &*self.0.read().unwrap_or_else(PoisonError::into_inner)
             && s.age == age
             && s.ttl == ttl
         {
             return s.headers.clone();
         }
         let headers = build();
-        *kept = Some(HitSnapshot {
+        // Boxed: a record that is never hit carries one pointer, not a whole map.
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(HitSnapshot {
             age,
             ttl,
             headers: headers.clone(),
-        });
+        }));
         headers
     }
 }
@@ -708,7 +711,7 @@ mod tests {
             "one build per (age, ttl), reused in between"
         );
         assert!(
-            kept.clone().0.lock().unwrap().is_none(),
+            kept.clone().0.read().unwrap().is_none(),
             "a copy starts empty"
         );
     }

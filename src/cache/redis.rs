@@ -26,7 +26,8 @@
 //! full, so a refill or a damaged value is decoded anew) reuses it. That skips the
 //! checksum, the header parsing, any LZ4 decompression and a dozen allocations per
 //! hit, for at most 256 values of up to 64 KiB each kept in memory (a decoded body
-//! shares the bytes it was decoded from, unless it was compressed).
+//! shares the bytes it was decoded from, unless it was compressed), each with the
+//! header map of its last hit (see [`HitHeaders`](super::entry::HitHeaders)).
 //!
 //! Every call goes through [`RedisPool`] (timeout and circuit breaker): when Redis is
 //! down the layer passes requests through at the cost of at most one timeout per
