@@ -3,7 +3,7 @@
 //! * `redis_hit_vs_raw_get`: a full cache hit through the layer (Redis backend)
 //!   against a raw `GET` of the same stored bytes through the same `RedisPool`.
 //! * `redis_hit_vs_raw_get_64_tasks`: the same two, each driven by 64 concurrent
-//!   tasks on the 2-worker runtime (issue #8's throughput comparison: time per
+//!   tasks on the runtime (issue #8's throughput comparison: time per
 //!   operation, so `raw / hit` is the hit rate as a fraction of the raw GET rate),
 //!   and `handler_raw_get`: the same request to a router whose handler GETs the same
 //!   bytes (a hand-written cache at its cheapest: the HTTP work on both sides), and
@@ -21,6 +21,11 @@
 //!
 //! Redis: `PALISADE_BENCH_REDIS_URL` (default `redis://127.0.0.1:6379`); the Redis
 //! benches are skipped with a note when it does not answer.
+//!
+//! The runtime has one worker (`CACHE_BENCH_WORKERS=n` for more), as in the setup of
+//! issue #8's reference rates: a 1-worker runtime on one core and Redis on the other.
+//! For that setup, start a Redis pinned to CPU 1 and run the bench under `taskset -c 0`
+//! (BENCHMARKS.md, round 11); unpinned, the client and Redis share both cores.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::convert::Infallible;
@@ -339,8 +344,15 @@ fn redis_pool(rt: &tokio::runtime::Runtime) -> Option<RedisPool> {
 }
 
 fn benches(c: &mut Criterion) {
+    // One worker by default: the setup of issue #8's reference rates (a 1-worker
+    // runtime; `benches/rate_limit.rs` uses the same). `CACHE_BENCH_WORKERS=2`: two.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("CACHE_BENCH_WORKERS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1),
+        )
         .enable_all()
         .build()
         .unwrap();
