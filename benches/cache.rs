@@ -24,8 +24,9 @@
 //!
 //! The runtime has one worker (`CACHE_BENCH_WORKERS=n` for more), as in the setup of
 //! issue #8's reference rates: a 1-worker runtime on one core and Redis on the other.
-//! For that setup, start a Redis pinned to CPU 1 and run the bench under `taskset -c 0`
-//! (BENCHMARKS.md, round 11); unpinned, the client and Redis share both cores.
+//! `bash benches/cache.sh` runs the 64-task comparison in that setup (a throwaway Redis
+//! pinned to CPU 1, the bench under `taskset -c 0`); unpinned, the client and Redis share
+//! both cores.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::convert::Infallible;
