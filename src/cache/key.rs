@@ -213,17 +213,10 @@ pub(crate) fn validate_host(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
 
 /// Lower-case hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = Vec::with_capacity(bytes.len() * 2);
-    push_hex(&mut s, bytes);
-    // Only ASCII digits were pushed.
+    let mut s = vec![0; bytes.len() * 2];
+    hex_into(&mut s, bytes);
+    // Only ASCII digits were written.
     String::from_utf8(s).unwrap_or_default()
-}
-
-/// Appends `bytes` in lower-case hex (Redis keys are bytes: no UTF-8 bookkeeping).
-pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    let start = out.len();
-    out.resize(start + bytes.len() * 2, 0);
-    hex_into(&mut out[start..], bytes);
 }
 
 /// Writes `bytes` in lower-case hex to the start of `dst` (at least twice as long):
@@ -337,15 +330,6 @@ mod tests {
     #[test]
     fn hex_is_lower_case() {
         assert_eq!(hex(&[0x00, 0x9f, 0xa0, 0xff]), "009fa0ff");
-    }
-
-    #[test]
-    fn push_hex_appends_after_what_is_there() {
-        let mut key = b"p:{".to_vec();
-        push_hex(&mut key, &[0x01, 0xab]);
-        push_hex(&mut key, &[]);
-        key.push(b'}');
-        assert_eq!(key, b"p:{01ab}");
     }
 
     #[test]
