@@ -13,6 +13,9 @@
 //! `tracing_subscriber::fmt().json()`). The `…(fmt-json)` variants run palisade's
 //! layers through the anchor's subscriber too, so both comparisons are reported.
 //!
+//! The `span_filter` group times one span's life through `EnvFilter` and through
+//! `telemetry::filter` on one and two threads.
+//!
 //! `cargo bench --bench observability`
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -237,9 +240,58 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// One request span's life (create, enter, exit, close) on `threads` threads at once,
+/// through a registry with only a filter: `EnvFilter` against what `telemetry::filter`
+/// builds for the same `info` (`Targets`). `EnvFilter` takes a read lock shared by every
+/// thread at each step; the time is per span, all threads together.
+fn span_filter(c: &mut Criterion) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let config = LoggingConfig::default();
+    let filters: [(&str, Dispatch); 2] = [
+        (
+            "EnvFilter",
+            Dispatch::new(
+                tracing_subscriber::registry()
+                    .with(palisade::telemetry::env_filter(&config).unwrap()),
+            ),
+        ),
+        (
+            "telemetry::filter",
+            Dispatch::new(
+                tracing_subscriber::registry().with(palisade::telemetry::filter(&config).unwrap()),
+            ),
+        ),
+    ];
+    let mut group = c.benchmark_group("span_filter");
+    for threads in [1_u64, 2] {
+        for (name, dispatch) in &filters {
+            group.bench_function(format!("{name}/{threads} threads"), |b| {
+                b.iter_custom(|iters| {
+                    let per_thread = iters.div_ceil(threads);
+                    let start = Instant::now();
+                    std::thread::scope(|s| {
+                        for _ in 0..threads {
+                            s.spawn(|| {
+                                tracing::dispatcher::with_default(dispatch, || {
+                                    for i in 0..per_thread {
+                                        let span = tracing::info_span!("request", n = i);
+                                        let _entered = span.enter();
+                                    }
+                                });
+                            });
+                        }
+                    });
+                    start.elapsed()
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(5));
-    targets = bench
+    targets = bench, span_filter
 }
 criterion_main!(benches);

@@ -114,7 +114,10 @@ fn dispatch_for(name: &str) -> Option<tracing::dispatcher::DefaultGuard> {
         let dispatch = REGISTRY.get_or_init(|| {
             use tracing_subscriber::layer::SubscriberExt;
             tracing::Dispatch::new(
-                tracing_subscriber::registry().with(tracing_subscriber::EnvFilter::new("info")),
+                tracing_subscriber::registry().with(
+                    palisade::telemetry::filter(&palisade::config::LoggingConfig::default())
+                        .expect("default logging config is valid"),
+                ),
             )
         });
         return Some(tracing::dispatcher::set_default(dispatch));

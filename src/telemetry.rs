@@ -13,7 +13,9 @@
 //!   synchronously; see [`BackgroundStdout`]. Call [`flush`] before the process
 //!   exits.
 //! - `format = "pretty"`: `tracing-subscriber`'s human-readable output.
-//! - `level`: an `EnvFilter` directive (`info`, `warn,palisade=debug`, ...).
+//! - `level`: an `EnvFilter` directive (`info`, `warn,palisade=debug`, ...); when
+//!   it only names targets and levels, [`filter`] installs `Targets` instead, which
+//!   takes no lock when a span is entered (see [`LogFilter`]).
 //! - `[logging.otel]` (feature `otel`): also exports spans over OTLP/HTTP; see
 //!   the `otel` module. The level filters exported spans too: the request span is
 //!   `INFO`, so `level = "warn"` exports none.
@@ -32,6 +34,7 @@
 //! subscriber with [`json_subscriber`] and install it yourself.
 
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -45,7 +48,9 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 mod background;
+mod filter;
 pub use background::{BackgroundStdout, FLUSH_INTERVAL, MAX_PENDING, QueuedLine, flush};
+pub use filter::LogFilter;
 
 use crate::config::LoggingConfig;
 use crate::config::logging::LogFormat;
@@ -80,7 +85,15 @@ impl From<ConfigError> for InitError {
     }
 }
 
-/// The `EnvFilter` of `[logging] level`.
+/// The filter layer of `[logging] level`, as [`init`] and [`json_subscriber`] install
+/// it: `tracing-subscriber`'s `Targets` when every directive is a target and a level
+/// (no per-span work), its `EnvFilter` otherwise; see [`LogFilter`].
+pub fn filter(config: &LoggingConfig) -> Result<LogFilter, ConfigError> {
+    LogFilter::parse(&config.level)
+}
+
+/// The `EnvFilter` of `[logging] level`. [`filter`] makes the same decisions and
+/// skips `EnvFilter`'s span locks when it can.
 pub fn env_filter(config: &LoggingConfig) -> Result<EnvFilter, ConfigError> {
     EnvFilter::try_new(&config.level).map_err(|e| {
         ConfigError::new(
@@ -92,7 +105,7 @@ pub fn env_filter(config: &LoggingConfig) -> Result<EnvFilter, ConfigError> {
 
 /// Installs the global subscriber described by `[logging]`, writing to stdout.
 pub fn init(config: &LoggingConfig) -> Result<(), InitError> {
-    let filter = env_filter(config)?;
+    let filter = filter(config)?;
     // `[logging.otel]`: span export (feature `otel`); validated even when off.
     config.otel.validate()?;
     #[cfg(feature = "otel")]
@@ -134,7 +147,7 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     Ok(tracing_subscriber::registry()
-        .with(env_filter(config)?)
+        .with(filter(config)?)
         .with(json_layer(writer)))
 }
 
@@ -205,7 +218,10 @@ where
                 Level::DEBUG => buf.push_str("\",\"level\":\"DEBUG\",\"target\":"),
                 _ => buf.push_str("\",\"level\":\"TRACE\",\"target\":"),
             }
-            push_json_str(buf, meta.target());
+            // A `'static` name, like field names: remembered plain (see `push_key`).
+            buf.push('"');
+            push_key(buf, meta.target());
+            buf.push('"');
             event.record(&mut JsonVisitor::new(buf, false));
             if let Some(scope) = ctx.event_scope() {
                 for span in scope.from_root() {
@@ -265,7 +281,7 @@ impl<'a> JsonVisitor<'a> {
         } else {
             buf.push_str(",\"");
         }
-        push_escaped(buf, field.name());
+        push_key(buf, field.name());
         buf.push_str("\":");
         buf
     }
@@ -451,6 +467,52 @@ fn push_escaped(buf: &mut String, s: &str) {
     }
 }
 
+/// Appends a field name escaped. Names are `&'static str` and nearly always plain, and
+/// the bytes at a `'static` address never change, so a name found plain is remembered
+/// by its address and length and pushed unchecked from then on: a line's ~16 keys cost
+/// a table probe each instead of an escape scan.
+fn push_key(buf: &mut String, name: &'static str) {
+    match PlainKeys::tag(name) {
+        Some((slot, tag)) if PLAIN_KEYS[slot].load(Ordering::Relaxed) == tag => {
+            buf.push_str(name);
+        }
+        Some((slot, tag)) if !any_needs_escape(name.as_bytes()) => {
+            PLAIN_KEYS[slot].store(tag, Ordering::Relaxed);
+            buf.push_str(name);
+        }
+        _ => push_escaped(buf, name),
+    }
+}
+
+/// log2 of the slots of [`PLAIN_KEYS`], a direct-mapped table: a collision only costs
+/// a re-check.
+const PLAIN_KEY_BITS: u32 = 7;
+
+/// Field names known to need no escaping, each as `address << 8 | length`: exact
+/// (no two names share both), so a match is never a guess.
+static PLAIN_KEYS: [AtomicU64; 1 << PLAIN_KEY_BITS] =
+    [const { AtomicU64::new(0) }; 1 << PLAIN_KEY_BITS];
+
+struct PlainKeys;
+
+impl PlainKeys {
+    /// The slot and tag of `name`, or `None` when its address and length do not both
+    /// fit the tag (a name of 256 bytes or more; an address at or above 2^56, which no
+    /// current 64-bit platform gives user space).
+    fn tag(name: &'static str) -> Option<(usize, u64)> {
+        let addr = u64::try_from(name.as_ptr() as usize).ok()?;
+        let len = u8::try_from(name.len()).ok()?;
+        if addr >> 56 != 0 {
+            return None;
+        }
+        let tag = addr << 8 | u64::from(len);
+        // Fibonacci hashing of the tag onto the slots (names of one call site sit
+        // side by side in memory, so the low bits alone would cluster).
+        let slot = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - PLAIN_KEY_BITS);
+        Some((usize::try_from(slot).ok()?, tag))
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn push_escaped_slow(buf: &mut String, s: &str) {
@@ -582,6 +644,40 @@ mod tests {
             write_rfc3339(&mut s, UNIX_EPOCH + t);
             assert_eq!(s, text);
         }
+    }
+
+    #[test]
+    fn keys_are_escaped_every_time_and_plain_ones_remembered_exactly() {
+        static PLAIN: &str = "http.response.status_code";
+        static QUOTED: &str = "a\"b\n";
+        // Same address, different lengths: the plain prefix being remembered must not
+        // let the whole name through unescaped.
+        static WHOLE: &str = "plain\"quoted";
+        let prefix: &'static str = &WHOLE[..5];
+        let long: &'static str = Box::leak("k\"".repeat(200).into_boxed_str());
+        let cases = [
+            (PLAIN, "http.response.status_code".to_owned()),
+            (QUOTED, "a\\\"b\\n".to_owned()),
+            (prefix, "plain".to_owned()),
+            (WHOLE, "plain\\\"quoted".to_owned()),
+            (long, "k\\\"".repeat(200)),
+        ];
+        for round in 0..3 {
+            for (name, expected) in &cases {
+                let mut buf = String::from("{");
+                push_key(&mut buf, name);
+                assert_eq!(&buf[1..], expected.as_str(), "round {round}, {name:?}");
+            }
+        }
+        let (slot, tag) = PlainKeys::tag(PLAIN).expect("a short static name has a tag");
+        // Other tests log concurrently and may take the slot; one of a few pushes sticks.
+        let remembered = (0..100).any(|_| {
+            push_key(&mut String::new(), PLAIN);
+            PLAIN_KEYS[slot].load(Ordering::Relaxed) == tag
+        });
+        assert!(remembered, "a plain name is remembered");
+        assert!(PlainKeys::tag(long).is_none(), "400 bytes do not fit a tag");
+        assert_ne!(PlainKeys::tag(prefix), PlainKeys::tag(WHOLE));
     }
 
     #[test]
