@@ -189,6 +189,16 @@ mod tests {
         seen.clone()
     }
 
+    /// `LogFilter` parses `directives` into the expected kind and lets exactly what
+    /// `EnvFilter` lets through.
+    fn assert_decides_as_env_filter(directives: &str, is_static: bool) {
+        let filter = LogFilter::parse(directives)
+            .unwrap_or_else(|e| panic!("{directives:?} should be valid: {e}"));
+        assert_eq!(filter.is_static(), is_static, "kind of {directives:?}");
+        let expected = decisions(EnvFilter::try_new(directives).expect("valid"));
+        assert_eq!(decisions(filter), expected, "directives {directives:?}");
+    }
+
     #[test]
     fn static_directives_decide_exactly_as_env_filter_does() {
         for directives in [
@@ -207,35 +217,21 @@ mod tests {
             "info,,palisade=trace",
             "info,hyper=warn",
         ] {
-            let filter = LogFilter::parse(directives)
-                .unwrap_or_else(|e| panic!("{directives:?} should be valid: {e}"));
-            assert!(filter.is_static(), "{directives:?} should be static");
-            let expected = decisions(EnvFilter::try_new(directives).expect("valid"));
-            assert_eq!(decisions(filter), expected, "directives {directives:?}");
+            assert_decides_as_env_filter(directives, true);
         }
     }
 
     #[test]
-    fn directives_naming_spans_or_fields_stay_env_filter() {
+    fn directives_naming_spans_or_fields_and_no_directive_stay_env_filter() {
         for directives in [
             "info,app[request]=debug",
             "app[{user=alice}]=trace",
             "app[{user}]=trace",
             "[s]=trace",
+            "",
         ] {
-            let filter = LogFilter::parse(directives)
-                .unwrap_or_else(|e| panic!("{directives:?} should be valid: {e}"));
-            assert!(!filter.is_static(), "{directives:?} should be dynamic");
-            let expected = decisions(EnvFilter::try_new(directives).expect("valid"));
-            assert_eq!(decisions(filter), expected, "directives {directives:?}");
+            assert_decides_as_env_filter(directives, false);
         }
-    }
-
-    #[test]
-    fn an_empty_level_decides_as_env_filter_does() {
-        let filter = LogFilter::parse("").expect("empty is valid");
-        let expected = decisions(EnvFilter::try_new("").expect("valid"));
-        assert_eq!(decisions(filter), expected);
     }
 
     #[test]
