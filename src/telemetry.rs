@@ -95,7 +95,12 @@ pub fn filter(config: &LoggingConfig) -> Result<LogFilter, ConfigError> {
 /// The `EnvFilter` of `[logging] level`. [`filter`] makes the same decisions and
 /// skips `EnvFilter`'s span locks when it can.
 pub fn env_filter(config: &LoggingConfig) -> Result<EnvFilter, ConfigError> {
-    EnvFilter::try_new(&config.level).map_err(|e| {
+    parse_env_filter(&config.level)
+}
+
+/// `directives` as an `EnvFilter`, or the `logging.level` error.
+fn parse_env_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
+    EnvFilter::try_new(directives).map_err(|e| {
         ConfigError::new(
             "logging.level",
             format!("not a valid filter directive: {e}"),
@@ -472,7 +477,7 @@ fn push_escaped(buf: &mut String, s: &str) {
 /// by its address and length and pushed unchecked from then on: a line's ~16 keys cost
 /// a table probe each instead of an escape scan.
 fn push_key(buf: &mut String, name: &'static str) {
-    match PlainKeys::tag(name) {
+    match plain_key_tag(name) {
         Some((slot, tag)) if PLAIN_KEYS[slot].load(Ordering::Relaxed) == tag => {
             buf.push_str(name);
         }
@@ -493,24 +498,20 @@ const PLAIN_KEY_BITS: u32 = 7;
 static PLAIN_KEYS: [AtomicU64; 1 << PLAIN_KEY_BITS] =
     [const { AtomicU64::new(0) }; 1 << PLAIN_KEY_BITS];
 
-struct PlainKeys;
-
-impl PlainKeys {
-    /// The slot and tag of `name`, or `None` when its address and length do not both
-    /// fit the tag (a name of 256 bytes or more; an address at or above 2^56, which no
-    /// current 64-bit platform gives user space).
-    fn tag(name: &'static str) -> Option<(usize, u64)> {
-        let addr = u64::try_from(name.as_ptr() as usize).ok()?;
-        let len = u8::try_from(name.len()).ok()?;
-        if addr >> 56 != 0 {
-            return None;
-        }
-        let tag = addr << 8 | u64::from(len);
-        // Fibonacci hashing of the tag onto the slots (names of one call site sit
-        // side by side in memory, so the low bits alone would cluster).
-        let slot = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - PLAIN_KEY_BITS);
-        Some((usize::try_from(slot).ok()?, tag))
+/// The [`PLAIN_KEYS`] slot and tag of `name`, or `None` when its address and length do
+/// not both fit the tag (a name of 256 bytes or more; an address at or above 2^56,
+/// which no current 64-bit platform gives user space).
+fn plain_key_tag(name: &'static str) -> Option<(usize, u64)> {
+    let addr = u64::try_from(name.as_ptr() as usize).ok()?;
+    let len = u8::try_from(name.len()).ok()?;
+    if addr >> 56 != 0 {
+        return None;
     }
+    let tag = addr << 8 | u64::from(len);
+    // Fibonacci hashing of the tag onto the slots (names of one call site sit side by
+    // side in memory, so the low bits alone would cluster).
+    let slot = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - PLAIN_KEY_BITS);
+    Some((usize::try_from(slot).ok()?, tag))
 }
 
 #[cold]
@@ -669,15 +670,15 @@ mod tests {
                 assert_eq!(&buf[1..], expected.as_str(), "round {round}, {name:?}");
             }
         }
-        let (slot, tag) = PlainKeys::tag(PLAIN).expect("a short static name has a tag");
+        let (slot, tag) = plain_key_tag(PLAIN).expect("a short static name has a tag");
         // Other tests log concurrently and may take the slot; one of a few pushes sticks.
         let remembered = (0..100).any(|_| {
             push_key(&mut String::new(), PLAIN);
             PLAIN_KEYS[slot].load(Ordering::Relaxed) == tag
         });
         assert!(remembered, "a plain name is remembered");
-        assert!(PlainKeys::tag(long).is_none(), "400 bytes do not fit a tag");
-        assert_ne!(PlainKeys::tag(prefix), PlainKeys::tag(WHOLE));
+        assert!(plain_key_tag(long).is_none(), "400 bytes do not fit a tag");
+        assert_ne!(plain_key_tag(prefix), plain_key_tag(WHOLE));
     }
 
     #[test]

@@ -41,13 +41,7 @@ enum Kind {
 impl LogFilter {
     /// Parses an `EnvFilter` directive string (`RUST_LOG` syntax).
     pub fn parse(directives: &str) -> Result<Self, ConfigError> {
-        let env = EnvFilter::try_new(directives).map_err(|e| {
-            ConfigError::new(
-                "logging.level",
-                format!("not a valid filter directive: {e}"),
-            )
-        })?;
-        Ok(Self::from(env))
+        super::parse_env_filter(directives).map(Self::from)
     }
 
     /// Whether the directives are all static, so no span callback does any work.
