@@ -157,7 +157,12 @@ mod tests {
             tracing::warn!(target: $target, "w");
             tracing::error!(target: $target, "e");
             let _ = tracing::span!(target: $target, Level::DEBUG, "s").entered();
-            let _ = tracing::span!(target: $target, Level::INFO, "s").entered();
+            {
+                // An event inside a span: what span-name directives decide (through
+                // the span callbacks that `LogFilter` forwards to `EnvFilter`).
+                let _span = tracing::span!(target: $target, Level::INFO, "s").entered();
+                tracing::debug!(target: $target, "in span");
+            }
         };
     }
 
@@ -226,6 +231,15 @@ mod tests {
         ] {
             assert_decides_as_env_filter(directives, false);
         }
+        // The comparison above is not vacuous: the span-name directive lets the DEBUG
+        // event inside span `s` through, which needs the forwarded span callbacks.
+        let seen = decisions(LogFilter::parse("[s]=trace").expect("valid"));
+        assert!(
+            seen.iter().any(|d| d == "event app DEBUG"),
+            "an event inside span `s` is enabled: {seen:?}"
+        );
+        let seen = decisions(LogFilter::parse("info").expect("valid"));
+        assert!(!seen.iter().any(|d| d.ends_with("DEBUG")), "{seen:?}");
     }
 
     #[test]
