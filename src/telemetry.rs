@@ -99,7 +99,17 @@ pub fn env_filter(config: &LoggingConfig) -> Result<EnvFilter, ConfigError> {
 }
 
 /// `directives` as an `EnvFilter`, or the `logging.level` error.
-fn parse_env_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
+///
+/// An empty (or blank) string is rejected: `EnvFilter` would accept it and enable
+/// nothing, so a typo such as `PALISADE_LOGGING__LEVEL=` would silence every log
+/// line without a word. `off` says that on purpose.
+pub(crate) fn parse_env_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
+    if directives.trim().is_empty() {
+        return Err(ConfigError::new(
+            "logging.level",
+            "must not be empty (use `off` to log nothing)",
+        ));
+    }
     EnvFilter::try_new(directives).map_err(|e| {
         ConfigError::new(
             "logging.level",

@@ -157,12 +157,7 @@ impl TraceLayer {
     fn build(config: &LoggingConfig) -> Result<Self, ConfigError> {
         let mut errors = ConfigError::default();
         #[cfg(feature = "trace")]
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.level) {
-            errors.push(
-                "logging.level",
-                format!("not a valid filter directive: {e}"),
-            );
-        }
+        errors.collect(crate::telemetry::parse_env_filter(&config.level));
         let mut redact = Vec::with_capacity(config.redact_query_params.len());
         for (i, name) in config.redact_query_params.iter().enumerate() {
             if name.is_empty() || name.len() > MAX_PARAM_NAME {
@@ -850,5 +845,11 @@ mod tests {
         let err = TraceLayer::from_config(&bad, &BuildContext::default()).unwrap_err();
         assert!(err.has_key("logging.level"), "{err}");
         assert!(err.has_key("logging.redact_query_params[0]"), "{err}");
+        let blank = LoggingConfig {
+            level: String::new(),
+            ..LoggingConfig::default()
+        };
+        let err = TraceLayer::from_config(&blank, &BuildContext::default()).unwrap_err();
+        assert!(err.has_key("logging.level"), "{err}");
     }
 }

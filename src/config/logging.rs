@@ -37,7 +37,8 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive: `info` (default), `warn`, `palisade=debug,info`, ...
     /// Directives of targets and levels only are applied as `Targets` (no lock taken
-    /// per span); see `palisade::telemetry::LogFilter`.
+    /// per span); see `palisade::telemetry::LogFilter`. Must not be empty: `off`
+    /// logs nothing.
     pub level: String,
     /// With `format = "json"`: write lines to stdout from one background thread,
     /// batched, instead of one `write(2)` per line by the logging thread (default

@@ -221,13 +221,12 @@ mod tests {
     }
 
     #[test]
-    fn directives_naming_spans_or_fields_and_no_directive_stay_env_filter() {
+    fn directives_naming_spans_or_fields_stay_env_filter() {
         for directives in [
             "info,app[request]=debug",
             "app[{user=alice}]=trace",
             "app[{user}]=trace",
             "[s]=trace",
-            "",
         ] {
             assert_decides_as_env_filter(directives, false);
         }
@@ -246,5 +245,16 @@ mod tests {
     fn invalid_directives_are_a_config_error_naming_the_key() {
         let err = LogFilter::parse("info,app=loud").expect_err("invalid level");
         assert!(err.to_string().contains("logging.level"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_level_is_rejected_rather_than_silencing_every_line() {
+        // `EnvFilter` accepts "" and enables nothing at all.
+        for blank in ["", "  "] {
+            let err = LogFilter::parse(blank).expect_err("blank level");
+            assert!(err.has_key("logging.level"), "{err}");
+            assert!(err.to_string().contains("`off`"), "{err}");
+        }
+        assert!(LogFilter::parse("off").is_ok());
     }
 }
