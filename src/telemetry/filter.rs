@@ -19,13 +19,27 @@ use tracing::subscriber::Interest;
 use tracing::{Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::layer::{Context, Filter, Layer};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::error::ConfigError;
 
 /// The filter layer of `[logging] level`: an `EnvFilter`, or, when every directive is
 /// static (a target and a level), the equivalent `Targets`, which does no per-span
 /// work. Built by [`filter`](super::filter).
+///
+/// It is a [`Layer`] (a global filter, as [`init`](super::init) installs it) and a
+/// per-layer [`Filter`], for a subscriber of your own that filters one layer and not
+/// another:
+///
+/// ```
+/// use palisade::telemetry::LogFilter;
+/// use tracing_subscriber::{Layer, fmt, layer::SubscriberExt, registry};
+///
+/// let filter = LogFilter::parse("info,palisade=debug").unwrap();
+/// let subscriber = registry().with(fmt::layer().json().with_filter(filter));
+/// # drop(subscriber);
+/// ```
 #[derive(Debug)]
 pub struct LogFilter(Kind);
 
@@ -123,6 +137,62 @@ where
     }
 }
 
+impl<S> Filter<S> for LogFilter
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn enabled(&self, metadata: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        match &self.0 {
+            Kind::Static(t) => Filter::<S>::enabled(t, metadata, cx),
+            Kind::Dynamic(e) => Filter::<S>::enabled(e, metadata, cx),
+        }
+    }
+
+    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
+        match &self.0 {
+            Kind::Static(t) => Filter::<S>::callsite_enabled(t, metadata),
+            Kind::Dynamic(e) => Filter::<S>::callsite_enabled(e, metadata),
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        match &self.0 {
+            Kind::Static(t) => Filter::<S>::max_level_hint(t),
+            Kind::Dynamic(e) => Filter::<S>::max_level_hint(e),
+        }
+    }
+
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if let Kind::Dynamic(e) = &self.0 {
+            Filter::<S>::on_new_span(e, attrs, id, ctx);
+        }
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        if let Kind::Dynamic(e) = &self.0 {
+            Filter::<S>::on_record(e, id, values, ctx);
+        }
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
+        if let Kind::Dynamic(e) = &self.0 {
+            Filter::<S>::on_enter(e, id, ctx);
+        }
+    }
+
+    fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
+        if let Kind::Dynamic(e) = &self.0 {
+            Filter::<S>::on_exit(e, id, ctx);
+        }
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        if let Kind::Dynamic(e) = &self.0 {
+            Filter::<S>::on_close(e, id, ctx);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -166,8 +236,27 @@ mod tests {
         };
     }
 
-    /// Every event and span of a fixed set of targets and levels, as `layer` lets
-    /// them through.
+    /// Every event and span of a fixed set of targets and levels.
+    fn emit_all() {
+        at_every_level!("app");
+        at_every_level!("app::db");
+        at_every_level!("palisade");
+        at_every_level!("palisade::access");
+        at_every_level!("palisade_other");
+        at_every_level!("hyper::proto::h1");
+    }
+
+    /// What [`emit_all`] gets through `subscriber` to `seen`.
+    fn seen_through<T>(subscriber: T, seen: &Seen) -> Vec<String>
+    where
+        T: Subscriber + Send + Sync + 'static,
+    {
+        tracing::subscriber::with_default(subscriber, emit_all);
+        let seen = seen.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.clone()
+    }
+
+    /// What `layer`, as a filter layer in front of the recording one, lets through.
     fn decisions<L>(layer: L) -> Vec<String>
     where
         L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
@@ -176,26 +265,34 @@ mod tests {
         let subscriber = tracing_subscriber::registry()
             .with(layer)
             .with(seen.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            at_every_level!("app");
-            at_every_level!("app::db");
-            at_every_level!("palisade");
-            at_every_level!("palisade::access");
-            at_every_level!("palisade_other");
-            at_every_level!("hyper::proto::h1");
-        });
-        let seen = seen.0.lock().unwrap_or_else(|e| e.into_inner());
-        seen.clone()
+        seen_through(subscriber, &seen)
+    }
+
+    /// What `filter`, as the recording layer's own per-layer filter, lets through.
+    fn per_layer_decisions<F>(filter: F) -> Vec<String>
+    where
+        F: Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
+    {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(seen.clone().with_filter(filter));
+        seen_through(subscriber, &seen)
     }
 
     /// `LogFilter` parses `directives` into the expected kind and lets exactly what
-    /// `EnvFilter` lets through.
+    /// `EnvFilter` lets through, as a global filter layer and as a per-layer filter.
     fn assert_decides_as_env_filter(directives: &str, is_static: bool) {
-        let filter = LogFilter::parse(directives)
-            .unwrap_or_else(|e| panic!("{directives:?} should be valid: {e}"));
-        assert_eq!(filter.is_static(), is_static, "kind of {directives:?}");
-        let expected = decisions(EnvFilter::try_new(directives).expect("valid"));
-        assert_eq!(decisions(filter), expected, "directives {directives:?}");
+        let parse = || {
+            LogFilter::parse(directives)
+                .unwrap_or_else(|e| panic!("{directives:?} should be valid: {e}"))
+        };
+        let env = || EnvFilter::try_new(directives).expect("valid");
+        assert_eq!(parse().is_static(), is_static, "kind of {directives:?}");
+        assert_eq!(decisions(parse()), decisions(env()), "{directives:?}");
+        assert_eq!(
+            per_layer_decisions(parse()),
+            per_layer_decisions(env()),
+            "{directives:?} as a per-layer filter"
+        );
     }
 
     #[test]
@@ -232,13 +329,22 @@ mod tests {
         }
         // The comparison above is not vacuous: the span-name directive lets the DEBUG
         // event inside span `s` through, which needs the forwarded span callbacks.
-        let seen = decisions(LogFilter::parse("[s]=trace").expect("valid"));
-        assert!(
-            seen.iter().any(|d| d == "event app DEBUG"),
-            "an event inside span `s` is enabled: {seen:?}"
-        );
-        let seen = decisions(LogFilter::parse("info").expect("valid"));
-        assert!(!seen.iter().any(|d| d.ends_with("DEBUG")), "{seen:?}");
+        for seen in [
+            decisions(LogFilter::parse("[s]=trace").expect("valid")),
+            per_layer_decisions(LogFilter::parse("[s]=trace").expect("valid")),
+        ] {
+            assert!(
+                seen.iter().any(|d| d == "event app DEBUG"),
+                "an event inside span `s` is enabled: {seen:?}"
+            );
+        }
+        for seen in [
+            decisions(LogFilter::parse("info").expect("valid")),
+            per_layer_decisions(LogFilter::parse("info").expect("valid")),
+        ] {
+            assert!(!seen.iter().any(|d| d.ends_with("DEBUG")), "{seen:?}");
+            assert!(seen.iter().any(|d| d.ends_with("INFO")), "{seen:?}");
+        }
     }
 
     #[test]
