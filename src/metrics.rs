@@ -973,8 +973,14 @@ where
         };
         let reg = s.registry;
         let (method, scheme, status) = (s.method.into(), s.scheme.into(), res.status().as_u16());
+        // Saturating: the end may be read on another core, whose TSC can lag by a few
+        // ticks (and `quanta` reserves the right to panic on `Sub` there).
         reg.histogram(Kind::Duration, s.route, method, scheme, status)
-            .record(s.start.elapsed().as_secs_f64());
+            .record(
+                Instant::now()
+                    .saturating_duration_since(s.start)
+                    .as_secs_f64(),
+            );
         reg.record_outcomes(&res);
         let sizes = match s.request_size {
             RequestSize::Off => None,

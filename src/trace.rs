@@ -383,7 +383,8 @@ macro_rules! final_event {
             // as the message whatever its type; it stays the first field.
             message = $msg,
             http.response.status_code = $status,
-            duration_ms = millis(finish.start.elapsed()),
+            // Saturating: the end may be read on another core (see metrics).
+            duration_ms = millis(Instant::now().saturating_duration_since(finish.start)),
             http.response.body.size = $bytes,
             error.type = $error,
             rate_limit.outcome = rl.map(rate_limit_outcome),
