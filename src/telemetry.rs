@@ -482,10 +482,10 @@ fn push_escaped(buf: &mut String, s: &str) {
     }
 }
 
-/// Appends a field name escaped. Names are `&'static str` and nearly always plain, and
-/// the bytes at a `'static` address never change, so a name found plain is remembered
-/// by its address and length and pushed unchecked from then on: a line's ~16 keys cost
-/// a table probe each instead of an escape scan.
+/// Appends a field name (or an event's target) escaped. Names are `&'static str` and
+/// nearly always plain, and the bytes at a `'static` address never change, so a name
+/// found plain is remembered by its address and length and pushed unchecked from then
+/// on: a line's ~16 keys cost a table probe each instead of an escape scan.
 fn push_key(buf: &mut String, name: &'static str) {
     match plain_key_tag(name) {
         Some((slot, tag)) if PLAIN_KEYS[slot].load(Ordering::Relaxed) == tag => {
@@ -503,8 +503,9 @@ fn push_key(buf: &mut String, name: &'static str) {
 /// a re-check.
 const PLAIN_KEY_BITS: u32 = 7;
 
-/// Field names known to need no escaping, each as `address << 8 | length`: exact
-/// (no two names share both), so a match is never a guess.
+/// Field names and event targets known to need no escaping, each as
+/// `address << 8 | length`: exact (no two names share both), so a match is never a
+/// guess.
 static PLAIN_KEYS: [AtomicU64; 1 << PLAIN_KEY_BITS] =
     [const { AtomicU64::new(0) }; 1 << PLAIN_KEY_BITS];
 

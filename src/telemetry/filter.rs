@@ -53,7 +53,8 @@ enum Kind {
 }
 
 impl LogFilter {
-    /// Parses an `EnvFilter` directive string (`RUST_LOG` syntax).
+    /// Parses an `EnvFilter` directive string (`RUST_LOG` syntax). An empty or blank
+    /// string is an error (`off` logs nothing).
     pub fn parse(directives: &str) -> Result<Self, ConfigError> {
         super::parse_env_filter(directives).map(Self::from)
     }
