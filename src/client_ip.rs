@@ -435,6 +435,26 @@ impl ClientIpLayer {
     }
 }
 
+impl ClientIpLayer {
+    /// What [`ClientIp`] does before its inner service (for the stack, which runs the
+    /// layer without a level of its own).
+    #[inline]
+    pub(crate) fn identify<B>(&self, req: &mut Request<B>) -> ClientInfo {
+        self.trusted.identify(req)
+    }
+}
+
+impl TrustedProxies {
+    /// Resolves the request's client and stores it in the request's extensions.
+    #[inline]
+    fn identify<B>(&self, req: &mut Request<B>) -> ClientInfo {
+        let tls = req.extensions().get::<ConnectionTls>().is_some();
+        let info = self.resolve(peer_addr(req), tls, req.headers());
+        req.extensions_mut().insert(info);
+        info
+    }
+}
+
 impl<S> Layer<S> for ClientIpLayer {
     type Service = ClientIp<S>;
     fn layer(&self, inner: S) -> ClientIp<S> {
@@ -466,9 +486,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let tls = req.extensions().get::<ConnectionTls>().is_some();
-        let info = self.trusted.resolve(peer_addr(&req), tls, req.headers());
-        req.extensions_mut().insert(info);
+        self.trusted.identify(&mut req);
         self.inner.call(req)
     }
 }

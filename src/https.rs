@@ -644,6 +644,15 @@ impl<S> Layer<S> for HttpsLayer {
     }
 }
 
+impl HttpsLayer {
+    /// The redirect or rejection, if any (what [`Https`] does before its inner service;
+    /// for the stack, which runs the layer without a level of its own).
+    #[inline]
+    pub(crate) fn decide(&self, req: &Request) -> Option<Response> {
+        self.shared.decide(req)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Service
 

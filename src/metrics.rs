@@ -749,51 +749,78 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        if self.exclude.matches_path(req.uri().path()) {
-            return MetricsFuture {
-                inner: self.inner.call(req),
-                state: None,
-            };
-        }
-        crate::outcome::ask(req.extensions_mut());
-        let reg = self.registry;
-        let method = method_index(req.method());
-        let scheme = scheme_index(client_info(&req).scheme);
-        let route = match req.extensions().get::<MatchedPath>() {
-            Some(m) => reg.route_id(m.as_str()),
-            None => ROUTE_UNMATCHED,
-        };
-        let request_size = if self.body_sizes {
-            match http_body::Body::size_hint(req.body()).exact() {
-                Some(n) => RequestSize::Known(n),
-                None => {
-                    let counted = Arc::new(AtomicU64::new(0));
-                    let count = counted.clone();
-                    req = req.map(|inner| Body::new(CountedRequestBody { inner, count }));
-                    RequestSize::Counted(counted)
-                }
-            }
-        } else {
-            RequestSize::Off
-        };
-        let active = reg.active(method, scheme);
-        active.increment(1.0);
+        let scheme = client_info(&req).scheme;
+        let state = start(
+            self.registry,
+            &self.exclude,
+            self.body_sizes,
+            &mut req,
+            scheme,
+        );
         MetricsFuture {
             inner: self.inner.call(req),
-            state: Some(InFlight {
-                start: Instant::now(),
-                registry: reg,
-                active,
-                route,
-                method: method as u8,
-                scheme: scheme as u8,
-                request_size,
-            }),
+            state,
         }
     }
 }
 
-struct InFlight {
+impl MetricsLayer {
+    /// What [`Metrics`] does before its inner service (for the stack, which runs the
+    /// layer without a level of its own).
+    #[inline]
+    pub(crate) fn start(&self, req: &mut Request, scheme: Scheme) -> Option<InFlight> {
+        start(self.registry, &self.exclude, self.body_sizes, req, scheme)
+    }
+}
+
+/// Counts the request in flight and notes what its observations need; `None` for an
+/// excluded path.
+fn start(
+    registry: &'static Registry,
+    exclude: &RouteMatcher,
+    body_sizes: bool,
+    req: &mut Request,
+    scheme: Scheme,
+) -> Option<InFlight> {
+    if exclude.matches_path(req.uri().path()) {
+        return None;
+    }
+    crate::outcome::ask(req.extensions_mut());
+    let method = method_index(req.method());
+    let scheme = scheme_index(scheme);
+    let route = match req.extensions().get::<MatchedPath>() {
+        Some(m) => registry.route_id(m.as_str()),
+        None => ROUTE_UNMATCHED,
+    };
+    let request_size = if body_sizes {
+        match http_body::Body::size_hint(req.body()).exact() {
+            Some(n) => RequestSize::Known(n),
+            None => {
+                let counted = Arc::new(AtomicU64::new(0));
+                let count = counted.clone();
+                let body = std::mem::take(req.body_mut());
+                *req.body_mut() = Body::new(CountedRequestBody { inner: body, count });
+                RequestSize::Counted(counted)
+            }
+        }
+    } else {
+        RequestSize::Off
+    };
+    let active = registry.active(method, scheme);
+    active.increment(1.0);
+    Some(InFlight {
+        start: Instant::now(),
+        registry,
+        active,
+        route,
+        method: method as u8,
+        scheme: scheme as u8,
+        request_size,
+    })
+}
+
+/// A request counted in flight, until its response head: see [`InFlight::respond`].
+pub(crate) struct InFlight {
     start: Instant,
     registry: &'static Registry,
     active: &'static Gauge,
@@ -947,7 +974,7 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for MetricsFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(s) = this.project().state.take() {
-                s.active.decrement(1.0);
+                s.abandon();
             }
         }
     }
@@ -971,34 +998,46 @@ where
         let Some(s) = this.state.take() else {
             return Poll::Ready(Ok(res));
         };
-        let reg = s.registry;
-        let (method, scheme, status) = (s.method.into(), s.scheme.into(), res.status().as_u16());
+        Poll::Ready(Ok(s.respond(res)))
+    }
+}
+
+impl InFlight {
+    /// Records the response head and hands the rest (the in-flight count, body sizes)
+    /// to its body.
+    pub(crate) fn respond(self, res: Response) -> Response {
+        let reg = self.registry;
+        let (method, scheme, status) = (
+            self.method.into(),
+            self.scheme.into(),
+            res.status().as_u16(),
+        );
         // Saturating: the end may be read on another core, whose TSC can lag by a few
         // ticks (and `quanta` reserves the right to panic on `Sub` there).
-        reg.histogram(Kind::Duration, s.route, method, scheme, status)
+        reg.histogram(Kind::Duration, self.route, method, scheme, status)
             .record(
                 Instant::now()
-                    .saturating_duration_since(s.start)
+                    .saturating_duration_since(self.start)
                     .as_secs_f64(),
             );
         reg.record_outcomes(&res);
-        let sizes = match s.request_size {
+        let sizes = match self.request_size {
             RequestSize::Off => None,
             request_size => Some(Box::new(Sizes {
-                request: reg.histogram(Kind::RequestSize, s.route, method, scheme, status),
-                response: reg.histogram(Kind::ResponseSize, s.route, method, scheme, status),
+                request: reg.histogram(Kind::RequestSize, self.route, method, scheme, status),
+                response: reg.histogram(Kind::ResponseSize, self.route, method, scheme, status),
                 request_size,
                 response_size: http_body::Body::size_hint(res.body()).exact(),
             })),
         };
         let completion = Completion {
-            active: s.active,
+            active: self.active,
             sizes,
         };
         if http_body::Body::is_end_stream(res.body()) {
             // Nothing left to send: the request ends with its head.
             completion.finish(0);
-            return Poll::Ready(Ok(res));
+            return res;
         }
         let (parts, inner) = res.into_parts();
         let body = Body::new(MetricsBody {
@@ -1006,7 +1045,12 @@ where
             completion: Some(completion),
             sent: 0,
         });
-        Poll::Ready(Ok(Response::from_parts(parts, body)))
+        Response::from_parts(parts, body)
+    }
+
+    /// The request was dropped before its response head (a cancelled request).
+    pub(crate) fn abandon(self) {
+        self.active.decrement(1.0);
     }
 }
 

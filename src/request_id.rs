@@ -203,25 +203,54 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let incoming = if self.accept {
-            req.headers().get(&self.header).and_then(RequestId::parse)
-        } else {
-            None
-        };
-        let id = match incoming {
-            Some(id) => id,
-            None => {
-                let id = RequestId::generate();
-                req.headers_mut().insert(self.header.clone(), id.0.clone());
-                id
-            }
-        };
-        let value = id.0.clone();
-        req.extensions_mut().insert(id);
+        let value = tag_request(&self.header, self.accept, &mut req);
         RequestIdFuture {
             inner: self.inner.call(req),
             header: Some((self.header.clone(), value)),
         }
+    }
+}
+
+impl RequestIdLayer {
+    /// What [`SetRequestId`] does before its inner service (for the stack, which runs
+    /// the layer without a level of its own); returns the id for the response.
+    #[inline]
+    pub(crate) fn tag_request(&self, req: &mut Request) -> HeaderValue {
+        tag_request(&self.header, self.accept, req)
+    }
+
+    /// What [`SetRequestId`] does to the response.
+    #[inline]
+    pub(crate) fn tag_response(&self, id: HeaderValue, res: &mut Response) {
+        tag_response(&self.header, id, res);
+    }
+}
+
+/// Takes the request's id (or makes one), stores it in the extensions and the header.
+fn tag_request(header: &HeaderName, accept: bool, req: &mut Request) -> HeaderValue {
+    let incoming = if accept {
+        req.headers().get(header).and_then(RequestId::parse)
+    } else {
+        None
+    };
+    let id = match incoming {
+        Some(id) => id,
+        None => {
+            let id = RequestId::generate();
+            req.headers_mut().insert(header.clone(), id.0.clone());
+            id
+        }
+    };
+    let value = id.0.clone();
+    req.extensions_mut().insert(id);
+    value
+}
+
+/// Copies the id onto the response, unless the handler set one itself (e.g. a proxy
+/// passing one through): that one wins.
+fn tag_response(header: &HeaderName, id: HeaderValue, res: &mut Response) {
+    if !res.headers().contains_key(header) {
+        res.headers_mut().insert(header, id);
     }
 }
 
@@ -250,10 +279,7 @@ where
         let this = self.project();
         let Ok(mut res) = std::task::ready!(this.inner.poll(cx));
         if let Some((name, value)) = this.header.take() {
-            // A handler that set its own id (e.g. a proxy passing one through) wins.
-            if !res.headers().contains_key(&name) {
-                res.headers_mut().insert(name, value);
-            }
+            tag_response(&name, value, &mut res);
         }
         Poll::Ready(Ok(res))
     }

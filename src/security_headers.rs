@@ -1046,15 +1046,42 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let shared = &self.shared;
-        let apply = match &shared.exclude {
+        let scheme = client_info(&req).scheme;
+        let state = self.shared.start(&mut req, scheme);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            shared: self.shared.clone(),
+            state,
+        }
+    }
+}
+
+impl SecurityHeadersLayer {
+    /// What [`SecurityHeaders`] does before its inner service (for the stack, which
+    /// runs the layer without a level of its own).
+    #[inline]
+    pub(crate) fn start(&self, req: &mut Request, scheme: Scheme) -> State {
+        self.shared.start(req, scheme)
+    }
+
+    /// What [`SecurityHeaders`] does to the response.
+    #[inline]
+    pub(crate) fn respond(&self, state: State, res: &mut Response) {
+        self.shared.respond(state, res);
+    }
+}
+
+impl Shared {
+    /// Whether the response gets the headers (and which set), and the CSP nonce, which
+    /// goes into the request's extensions for the handler's templates.
+    fn start(&self, req: &mut Request, scheme: Scheme) -> State {
+        let apply = match &self.exclude {
             Some(m) => !m.matches_path(req.uri().path()),
             None => true,
         };
-        let https = apply
-            && shared.https.headers.len() > shared.http.headers.len()
-            && client_info(&req).scheme == Scheme::Https;
-        let nonce = if apply && shared.nonce_csp.is_some() {
+        let https =
+            apply && self.https.headers.len() > self.http.headers.len() && scheme == Scheme::Https;
+        let nonce = if apply && self.nonce_csp.is_some() {
             let n = CspNonce::generate();
             match n {
                 Some(n) => {
@@ -1068,20 +1095,29 @@ where
         } else {
             None
         };
-        ResponseFuture {
-            inner: self.inner.call(req),
-            shared: shared.clone(),
-            state: State {
-                apply,
-                https,
-                nonce,
-            },
+        State {
+            apply,
+            https,
+            nonce,
+        }
+    }
+
+    #[inline]
+    fn respond(&self, state: State, res: &mut Response) {
+        if state.apply {
+            self.apply(res, state.https, state.nonce);
+        } else {
+            let headers = res.headers_mut();
+            for name in &*self.remove {
+                headers.remove(name);
+            }
         }
     }
 }
 
+/// One response's part of the headers: whether they apply, which set, the nonce.
 #[derive(Debug, Clone, Copy)]
-struct State {
+pub(crate) struct State {
     apply: bool,
     https: bool,
     nonce: Option<CspNonce>,
@@ -1108,15 +1144,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(mut res) = ready!(this.inner.poll(cx));
-        let state = *this.state;
-        if state.apply {
-            this.shared.apply(&mut res, state.https, state.nonce);
-        } else {
-            let headers = res.headers_mut();
-            for name in &*this.shared.remove {
-                headers.remove(name);
-            }
-        }
+        this.shared.respond(*this.state, &mut res);
         Poll::Ready(Ok(res))
     }
 }

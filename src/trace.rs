@@ -223,33 +223,43 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let settings = &*self.settings;
-        if let Some(exclude) = &settings.exclude
+        let state = self.settings.start(&mut req);
+        let inner = {
+            let _entered = state.as_ref().map(|s| s.span.enter());
+            self.inner.call(req)
+        };
+        TraceFuture { inner, state }
+    }
+}
+
+impl TraceLayer {
+    /// What [`Trace`] does before its inner service (for the stack, which runs the
+    /// layer without a level of its own); the inner service runs in the span.
+    #[inline]
+    pub(crate) fn start(&self, req: &mut Request) -> Option<Finish> {
+        self.settings.start(req)
+    }
+}
+
+impl Settings {
+    /// The request's span and fields, its start; `None` for an excluded path.
+    fn start(self: &Arc<Self>, req: &mut Request) -> Option<Finish> {
+        if let Some(exclude) = &self.exclude
             && exclude.matches_path(req.uri().path())
         {
-            return TraceFuture {
-                inner: self.inner.call(req),
-                state: None,
-            };
+            return None;
         }
         let start = Instant::now();
         crate::outcome::ask(req.extensions_mut());
-        let span = request_span(&req);
+        let span = request_span(req);
         #[cfg(feature = "otel")]
-        crate::otel::on_request(&span, &req, &self.settings.redact);
-        let request = RequestFields::of(&req, &self.settings, span.is_disabled());
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
-        TraceFuture {
-            inner,
-            state: Some(Finish {
-                span,
-                start,
-                request,
-            }),
-        }
+        crate::otel::on_request(&span, req, &self.redact);
+        let request = RequestFields::of(req, self, span.is_disabled());
+        Some(Finish {
+            span,
+            start,
+            request,
+        })
     }
 }
 
@@ -288,9 +298,11 @@ fn request_id_of(_req: &Request) -> Option<&str> {
 #[derive(Debug)]
 struct RequestFields {
     method: http::Method,
-    uri: http::Uri,
+    /// Not the whole `Uri` (88 bytes, moved with every level of the response future):
+    /// the log has only the path and the query.
+    path_and_query: Option<http::uri::PathAndQuery>,
     user_agent: Option<HeaderValue>,
-    scheme: &'static str,
+    scheme: crate::client_ip::Scheme,
     client: IpAddr,
     settings: Arc<Settings>,
     /// Only when the filter disabled the span, so that a `WARN`/`ERROR` line still
@@ -309,9 +321,9 @@ impl RequestFields {
         let info = client_info(req);
         Self {
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            path_and_query: req.uri().path_and_query().cloned(),
             user_agent: req.headers().get(USER_AGENT).cloned(),
-            scheme: info.scheme.as_str(),
+            scheme: info.scheme,
             client: info.ip,
             settings: settings.clone(),
             identity: span_disabled.then(|| {
@@ -326,7 +338,8 @@ impl RequestFields {
 
 /// What the final event needs, carried from the request to the end of the body.
 #[derive(Debug)]
-struct Finish {
+/// A request being logged: its span, start and fields, until the completion event.
+pub(crate) struct Finish {
     span: Span,
     start: Instant,
     request: RequestFields,
@@ -397,9 +410,9 @@ macro_rules! final_event {
             rejection.layer = rej.map(|r| r.layer),
             rejection.reason = rej.map(|r| r.reason),
             http.request.method = req.method.as_str(),
-            url.path = req.uri.path(),
-            url.query = req.uri.query().map(|q| tracing::field::display(RedactedQuery(q, &req.settings.redact))),
-            url.scheme = req.scheme,
+            url.path = req.path_and_query.as_ref().map_or("", |pq| pq.path()),
+            url.query = req.path_and_query.as_ref().and_then(|pq| pq.query()).map(|q| tracing::field::display(RedactedQuery(q, &req.settings.redact))),
+            url.scheme = req.scheme.as_str(),
             client.address = client.as_str(),
             user_agent.original = req.user_agent.as_ref().and_then(|v| v.to_str().ok()),
             request_id = id.and_then(|i| i.request_id.as_ref()).and_then(|v| v.to_str().ok()),
@@ -500,7 +513,7 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for TraceFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(finish) = this.project().state.take() {
-                finish.aborted(None, None, None);
+                finish.abandon();
             }
         }
     }
@@ -528,20 +541,38 @@ where
         let Some(finish) = this.state.take() else {
             return Poll::Ready(Ok(res));
         };
+        Poll::Ready(Ok(finish.respond(res)))
+    }
+}
+
+impl Finish {
+    /// The request's span, entered around the inner service's calls and polls.
+    #[inline]
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The request was dropped before its response head (the client went away).
+    pub(crate) fn abandon(&self) {
+        self.aborted(None, None, None);
+    }
+
+    /// Takes the response head; the completion event is written when its body ends.
+    pub(crate) fn respond(self, res: Response) -> Response {
         let outcomes = Outcomes::of(&res);
         let status = res.status().as_u16();
         #[cfg(feature = "otel")]
-        crate::otel::on_response(&finish.span, status);
+        crate::otel::on_response(&self.span, status);
         let (parts, body) = res.into_parts();
         let expected = http_body::Body::size_hint(&body).exact();
         let body = Body::new(LogBody {
             expected,
             inner: body,
-            state: Some((finish, outcomes)),
+            state: Some((self, outcomes)),
             status,
             bytes: 0,
         });
-        Poll::Ready(Ok(Response::from_parts(parts, body)))
+        Response::from_parts(parts, body)
     }
 }
 

@@ -254,7 +254,7 @@ impl Stage {
         let mut remote = false;
         for e in entries.iter_mut() {
             let p = &self.policies[usize::from(e.policy)];
-            let key = MemKey::new(p.index, e.value);
+            let key = MemKey::new(p.index, e.value());
             let take = if p.lease == 0 {
                 Take::Remote { want: p.cost }
             } else if let Some(used) = leases.spend(key, p.cost, p.q_us.interval, now) {
@@ -277,7 +277,7 @@ impl Stage {
         let now = self.shared.now_ns();
         for (e, take) in entries.iter_mut().zip(takes) {
             let p = &self.policies[usize::from(e.policy)];
-            let key = MemKey::new(p.index, e.value);
+            let key = MemKey::new(p.index, e.value());
             match *take {
                 Take::Local => {
                     if let Some(used) = leases.give_back(key, p.cost, p.q_us.interval, now) {
@@ -299,7 +299,7 @@ impl Stage {
             if p.lease == 0 {
                 continue;
             }
-            let key = MemKey::new(p.index, e.value);
+            let key = MemKey::new(p.index, e.value());
             let used = leases
                 .give_back(key, p.cost, p.q_us.interval, now)
                 .unwrap_or(e.used_after);

@@ -345,10 +345,15 @@ pub struct RateLimitLayer {
 /// One policy's result for one request.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// The request's value for the policy's key ([`KeyValue`], whose fields are inline
+    /// here so that its padding does not make the entry 48 bytes instead of 40: the
+    /// stack's response future carries three entries for each limiter stage, and is
+    /// copied whole several times a request).
+    hi: u64,
+    lo: u64,
+    tag: u8,
     /// The policy's index in its stage.
     policy: u16,
-    /// The request's value for the policy's key.
-    value: KeyValue,
     /// How far the TAT lies ahead after the decision, in the backend's ticks.
     used_after: u64,
     allowed: bool,
@@ -720,7 +725,9 @@ impl Stage {
             if let Some(v) = value {
                 out.push(Entry {
                     policy: i as u16, // i < MAX_POLICIES
-                    value: v,
+                    hi: v.hi,
+                    lo: v.lo,
+                    tag: v.tag,
                     used_after: 0,
                     allowed: true,
                     remaining: 0,
@@ -751,7 +758,7 @@ impl Stage {
         let mut retry_ns = 0;
         for e in &mut v.entries {
             let p = &self.policies[usize::from(e.policy)];
-            let key = MemKey::new(p.index, e.value);
+            let key = MemKey::new(p.index, e.value());
             let d = shared.memory.check(key, p.q_ns, p.cost, now);
             if !d.allowed {
                 if p.shadow {
@@ -775,7 +782,7 @@ impl Stage {
     fn refund_memory(&self, v: &mut Verdict) {
         for e in v.entries.iter_mut().filter(|e| e.allowed) {
             let p = &self.policies[usize::from(e.policy)];
-            let key = MemKey::new(p.index, e.value);
+            let key = MemKey::new(p.index, e.value());
             self.shared.memory.refund(key, p.q_ns, p.cost);
             let used = e.used_after.saturating_sub(p.q_ns.interval * p.cost);
             e.fill_allowed(used, p.q_ns, NANOS);
@@ -963,6 +970,16 @@ fn append_item(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
 }
 
 impl Entry {
+    /// The request's value for the policy's key.
+    #[inline]
+    fn value(&self) -> KeyValue {
+        KeyValue {
+            tag: self.tag,
+            hi: self.hi,
+            lo: self.lo,
+        }
+    }
+
     /// Records an admission that leaves the key's TAT `used_after` ticks ahead
     /// (after a refund, or a unit spent from a lease).
     #[inline]

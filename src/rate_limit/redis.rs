@@ -301,7 +301,7 @@ impl Stage {
                     Some(&Take::Remote { want }) => want,
                     _ => self.policies[usize::from(e.policy)].cost,
                 };
-                (usize::from(e.policy), e.value, units)
+                (usize::from(e.policy), e.value(), units)
             })
             .collect();
         let items = &items[..];
@@ -393,7 +393,7 @@ impl Stage {
             } else if let Some(leases) = leases
                 && items[k].2 > p.cost
             {
-                let key = MemKey::new(p.index, e.value);
+                let key = MemKey::new(p.index, e.value());
                 let spent = if granted[k] > 0 { p.cost } else { 0 };
                 if let Some(u) = leases.grant(key, granted[k], spent, used[k], p.q_us.interval, now)
                 {
@@ -426,7 +426,7 @@ impl Stage {
             .filter(|e| e.allowed)
             .map(|e| {
                 let i = usize::from(e.policy);
-                (i, e.value, self.policies[i].cost)
+                (i, e.value(), self.policies[i].cost)
             })
             .collect();
         if committed.is_empty() {
