@@ -1046,8 +1046,7 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let scheme = client_info(&req).scheme;
-        let state = self.shared.start(&mut req, scheme);
+        let state = self.shared.start(&mut req, |req| client_info(req).scheme);
         ResponseFuture {
             inner: self.inner.call(req),
             shared: self.shared.clone(),
@@ -1061,7 +1060,7 @@ impl SecurityHeadersLayer {
     /// runs the layer without a level of its own).
     #[inline]
     pub(crate) fn start(&self, req: &mut Request, scheme: Scheme) -> State {
-        self.shared.start(req, scheme)
+        self.shared.start(req, |_| scheme)
     }
 
     /// What [`SecurityHeaders`] does to the response.
@@ -1074,13 +1073,16 @@ impl SecurityHeadersLayer {
 impl Shared {
     /// Whether the response gets the headers (and which set), and the CSP nonce, which
     /// goes into the request's extensions for the handler's templates.
-    fn start(&self, req: &mut Request, scheme: Scheme) -> State {
+    /// `scheme` is asked only when the HTTPS set differs from the HTTP one.
+    #[inline]
+    fn start(&self, req: &mut Request, scheme: impl FnOnce(&Request) -> Scheme) -> State {
         let apply = match &self.exclude {
             Some(m) => !m.matches_path(req.uri().path()),
             None => true,
         };
-        let https =
-            apply && self.https.headers.len() > self.http.headers.len() && scheme == Scheme::Https;
+        let https = apply
+            && self.https.headers.len() > self.http.headers.len()
+            && scheme(req) == Scheme::Https;
         let nonce = if apply && self.nonce_csp.is_some() {
             let n = CspNonce::generate();
             match n {

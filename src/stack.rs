@@ -385,13 +385,12 @@ type Stack<S> = Edge<L4<S>>;
 
 /// The stack's synchronous outer layers (1 to 6 of the [order](self#order): client
 /// identity, request id, access log, metrics, security headers, host/HTTPS check) as
-/// one level. Each of them runs the same code as its own service (`Trace<S>`, ...),
-/// but as a level of its own, switched on or off by config, each wrapped the response
-/// future of everything below it in two more levels (its own and an `Either`), and the
-/// compiler copies the whole future at each: six levels of an ~800-byte future cost
-/// ~140 ns a request on an AMD EPYC even with every layer off (measured; round 14 of
-/// BENCHMARKS.md). Here the whole future is built once, and cloning the service for a
-/// request clones one `Arc`.
+/// one level. Each runs the same code as its own service (`Trace<S>`, ...). As levels
+/// of their own, switched on or off by config, each wrapped the response future of
+/// everything below it in two more (its own and an `Either`), and the compiler copies
+/// the whole future into each wrapper: round 14 of BENCHMARKS.md measured those levels
+/// at ~115 ns a request with every layer off. Here the future is assembled once, and
+/// cloning the service for a request clones one `Arc`.
 #[derive(Clone)]
 struct Edge<S> {
     inner: S,
