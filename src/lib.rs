@@ -63,6 +63,12 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+#[cfg(any(
+    feature = "rate-limit",
+    feature = "request-id",
+    feature = "security-headers"
+))]
+mod intern;
 pub mod outcome;
 pub mod problem;
 pub mod route_match;

@@ -137,7 +137,8 @@ impl RequestIdLayer {
     /// Uses another header name.
     #[must_use]
     pub fn header(mut self, header: HeaderName) -> Self {
-        self.header = header;
+        // Cloned onto every request and response: `'static` bytes clone for free.
+        self.header = crate::intern::static_name(&header);
         self
     }
 

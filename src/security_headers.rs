@@ -533,19 +533,19 @@ impl SecurityHeadersLayer {
 fn known_name(name: &str) -> Result<HeaderName, String> {
     let parsed = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("{name:?} is not a valid header name"))?;
-    Ok(KNOWN
-        .iter()
-        .find(|k| **k == parsed.as_str())
-        .map_or(parsed, |k| HeaderName::from_static(k)))
+    // Cloned into every response with the template: `'static` bytes clone for free.
+    Ok(KNOWN.iter().find(|k| **k == parsed.as_str()).map_or_else(
+        || crate::intern::static_name(&parsed),
+        |k| HeaderName::from_static(k),
+    ))
 }
 
 fn header_value(value: Cow<'static, str>) -> Option<HeaderValue> {
-    match value {
-        Cow::Borrowed(s) => HeaderValue::from_str(s)
-            .ok()
-            .map(|_| HeaderValue::from_static(s)),
-        Cow::Owned(s) => HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok(),
-    }
+    let checked = HeaderValue::from_str(&value).ok()?;
+    Some(match value {
+        Cow::Borrowed(s) => HeaderValue::from_static(s),
+        Cow::Owned(_) => crate::intern::static_value(&checked),
+    })
 }
 
 fn compile(cfg: &SecurityHeadersConfig) -> Result<Shared, ConfigError> {
