@@ -905,20 +905,54 @@ impl Completion {
     }
 }
 
-/// The response body: releases the [`Completion`] at its end, or when dropped
-/// before it (the client went away).
-struct MetricsBody {
-    inner: Body,
+/// What a response body still owes the metrics: the [`Completion`], released at the
+/// body's end or when it is dropped before it (the client went away). Kept apart from
+/// [`MetricsBody`] so that the stack can meter and log a body with one wrapper.
+pub(crate) struct BodyMeter {
     completion: Option<Completion>,
     sent: u64,
 }
 
-impl MetricsBody {
+impl BodyMeter {
     fn finish(&mut self) {
         if let Some(c) = self.completion.take() {
             c.finish(self.sent);
         }
     }
+
+    /// After each poll of the body; `end_stream` is asked after a data frame (hyper
+    /// stops polling after the last frame of a body that says so).
+    #[inline]
+    pub(crate) fn polled<E>(
+        &mut self,
+        polled: &Poll<Option<Result<Frame<Bytes>, E>>>,
+        end_stream: impl FnOnce() -> bool,
+    ) {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+                if end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(_) => self.finish(),
+            Poll::Pending => {}
+        }
+    }
+
+    /// When the body is dropped.
+    #[inline]
+    pub(crate) fn dropped(&mut self) {
+        self.finish();
+    }
+}
+
+/// The response body of [`Metrics`].
+struct MetricsBody {
+    inner: Body,
+    meter: BodyMeter,
 }
 
 impl http_body::Body for MetricsBody {
@@ -931,19 +965,8 @@ impl http_body::Body for MetricsBody {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.sent += data.len() as u64;
-                }
-                // hyper stops polling after the last frame of a body that says so.
-                if this.inner.is_end_stream() {
-                    this.finish();
-                }
-            }
-            Poll::Ready(_) => this.finish(),
-            Poll::Pending => {}
-        }
+        let inner = &this.inner;
+        this.meter.polled(&polled, || inner.is_end_stream());
         polled
     }
 
@@ -958,7 +981,7 @@ impl http_body::Body for MetricsBody {
 
 impl Drop for MetricsBody {
     fn drop(&mut self) {
-        self.finish();
+        self.meter.dropped();
     }
 }
 
@@ -1006,6 +1029,15 @@ impl InFlight {
     /// Records the response head and hands the rest (the in-flight count, body sizes)
     /// to its body.
     pub(crate) fn respond(self, res: Response) -> Response {
+        match self.head(&res) {
+            None => res,
+            Some(meter) => res.map(|inner| Body::new(MetricsBody { inner, meter })),
+        }
+    }
+
+    /// Records the response head; what is left for the body, `None` when the response
+    /// ends with its head.
+    pub(crate) fn head(self, res: &Response) -> Option<BodyMeter> {
         let reg = self.registry;
         let (method, scheme, status) = (
             self.method.into(),
@@ -1020,7 +1052,7 @@ impl InFlight {
                     .saturating_duration_since(self.start)
                     .as_secs_f64(),
             );
-        reg.record_outcomes(&res);
+        reg.record_outcomes(res);
         let sizes = match self.request_size {
             RequestSize::Off => None,
             request_size => Some(Box::new(Sizes {
@@ -1037,15 +1069,12 @@ impl InFlight {
         if http_body::Body::is_end_stream(res.body()) {
             // Nothing left to send: the request ends with its head.
             completion.finish(0);
-            return res;
+            return None;
         }
-        let (parts, inner) = res.into_parts();
-        let body = Body::new(MetricsBody {
-            inner,
+        Some(BodyMeter {
             completion: Some(completion),
             sent: 0,
-        });
-        Response::from_parts(parts, body)
+        })
     }
 
     /// The request was dropped before its response head (a cancelled request).

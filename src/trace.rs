@@ -559,32 +559,81 @@ impl Finish {
 
     /// Takes the response head; the completion event is written when its body ends.
     pub(crate) fn respond(self, res: Response) -> Response {
-        let outcomes = Outcomes::of(&res);
+        let log = self.head(&res);
+        res.map(|inner| Body::new(LogBody { inner, log }))
+    }
+
+    /// Takes the response head; what is left for the body.
+    pub(crate) fn head(self, res: &Response) -> BodyLog {
+        let outcomes = Outcomes::of(res);
         let status = res.status().as_u16();
         #[cfg(feature = "otel")]
         crate::otel::on_response(&self.span, status);
-        let (parts, body) = res.into_parts();
-        let expected = http_body::Body::size_hint(&body).exact();
-        let body = Body::new(LogBody {
-            expected,
-            inner: body,
+        BodyLog {
+            expected: http_body::Body::size_hint(res.body()).exact(),
             state: Some((self, outcomes)),
             status,
             bytes: 0,
-        });
-        Response::from_parts(parts, body)
+        }
     }
 }
 
-/// The response body, counting bytes and writing the final event at its end.
-struct LogBody {
-    inner: Body,
-    /// Inline: `Body::new` boxes this body anyway.
+/// What a response body still owes the access log: its completion event, written at
+/// the body's end (or when the body is dropped). Kept apart from [`LogBody`] so that
+/// the stack can log and meter a body with one wrapper.
+pub(crate) struct BodyLog {
     state: Option<(Finish, Outcomes)>,
     status: u16,
     bytes: u64,
     /// The announced length: hyper drops a body once that many bytes are sent.
     expected: Option<u64>,
+}
+
+impl BodyLog {
+    /// After each poll of the body.
+    #[inline]
+    pub(crate) fn polled<E>(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, E>>>) {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(state) = self.state.take() {
+                    state.0.body_failed(self.status, self.bytes, &state.1);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(state) = self.state.take() {
+                    state.0.completed(self.status, self.bytes, &state.1);
+                }
+            }
+            Poll::Pending => {}
+        }
+    }
+
+    /// When the body is dropped; `end_stream`: whether the body said it had ended.
+    pub(crate) fn dropped(&mut self, end_stream: bool) {
+        if let Some(state) = self.state.take() {
+            // hyper stops polling once `is_end_stream` is true (an empty body, or the
+            // last frame sent): that is a completed response, not an abort.
+            if end_stream || self.expected == Some(self.bytes) {
+                state.0.completed(self.status, self.bytes, &state.1);
+            } else {
+                state
+                    .0
+                    .aborted(Some(self.status), Some(self.bytes), Some(&state.1));
+            }
+        }
+    }
+}
+
+/// The response body of [`Trace`], counting bytes and writing the final event at its end.
+struct LogBody {
+    inner: Body,
+    /// Inline: `Body::new` boxes this body anyway.
+    log: BodyLog,
 }
 
 impl http_body::Body for LogBody {
@@ -597,24 +646,7 @@ impl http_body::Body for LogBody {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(state) = this.state.take() {
-                    state.0.body_failed(this.status, this.bytes, &state.1);
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(state) = this.state.take() {
-                    state.0.completed(this.status, this.bytes, &state.1);
-                }
-            }
-            Poll::Pending => {}
-        }
+        this.log.polled(&polled);
         polled
     }
 
@@ -629,17 +661,8 @@ impl http_body::Body for LogBody {
 
 impl Drop for LogBody {
     fn drop(&mut self) {
-        if let Some(state) = self.state.take() {
-            // hyper stops polling once `is_end_stream` is true (an empty body, or the
-            // last frame sent): that is a completed response, not an abort.
-            if http_body::Body::is_end_stream(&self.inner) || self.expected == Some(self.bytes) {
-                state.0.completed(self.status, self.bytes, &state.1);
-            } else {
-                state
-                    .0
-                    .aborted(Some(self.status), Some(self.bytes), Some(&state.1));
-            }
-        }
+        let end_stream = http_body::Body::is_end_stream(&self.inner);
+        self.log.dropped(end_stream);
     }
 }
 
