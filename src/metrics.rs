@@ -920,7 +920,7 @@ impl BodyMeter {
         }
     }
 
-    /// After each poll of the body; `end_stream` is asked after a data frame (hyper
+    /// After each poll of the body; `end_stream` is asked after each frame (hyper
     /// stops polling after the last frame of a body that says so).
     #[inline]
     pub(crate) fn polled<E>(
