@@ -69,6 +69,7 @@ pub mod identity;
     feature = "security-headers"
 ))]
 mod intern;
+mod observe;
 pub mod outcome;
 pub mod problem;
 pub mod route_match;
