@@ -69,7 +69,6 @@ pub mod identity;
     feature = "security-headers"
 ))]
 mod intern;
-mod observe;
 pub mod outcome;
 pub mod problem;
 pub mod route_match;

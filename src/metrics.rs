@@ -906,8 +906,8 @@ impl Completion {
 }
 
 /// What a response body still owes the metrics: the [`Completion`], released at the
-/// body's end or when it is dropped before it (the client went away), through
-/// [`crate::observe::Tail`].
+/// body's end or when it is dropped before it (the client went away). Kept apart from
+/// [`MetricsBody`] so that the stack can meter and log a body with one wrapper.
 pub(crate) struct BodyMeter {
     completion: Option<Completion>,
     sent: u64,
@@ -946,6 +946,42 @@ impl BodyMeter {
     #[inline]
     pub(crate) fn dropped(&mut self) {
         self.finish();
+    }
+}
+
+/// The response body of [`Metrics`].
+struct MetricsBody {
+    inner: Body,
+    meter: BodyMeter,
+}
+
+impl http_body::Body for MetricsBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let inner = &this.inner;
+        this.meter.polled(&polled, || inner.is_end_stream());
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MetricsBody {
+    fn drop(&mut self) {
+        self.meter.dropped();
     }
 }
 
@@ -993,7 +1029,10 @@ impl InFlight {
     /// Records the response head and hands the rest (the in-flight count, body sizes)
     /// to its body.
     pub(crate) fn respond(self, res: Response) -> Response {
-        crate::observe::Tail::meter(self.head(&res)).wrap(res)
+        match self.head(&res) {
+            None => res,
+            Some(meter) => res.map(|inner| Body::new(MetricsBody { inner, meter })),
+        }
     }
 
     /// Records the response head; what is left for the body, `None` when the response

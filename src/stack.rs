@@ -487,12 +487,7 @@ impl InSpan {
     /// The response's way out through layers 6 to 4 (the metrics' part of the body
     /// goes into `tail`).
     #[allow(unused_variables)]
-    fn respond(
-        &mut self,
-        res: &mut Response,
-        parts: Option<&Parts>,
-        tail: &mut crate::observe::Tail,
-    ) {
+    fn respond(&mut self, res: &mut Response, parts: Option<&Parts>, tail: &mut Tail) {
         #[cfg(feature = "security-headers")]
         if let (Some(state), Some(parts)) = (self.security.take(), parts)
             && let Some(layer) = &parts.security_headers
@@ -502,6 +497,94 @@ impl InSpan {
         #[cfg(feature = "metrics")]
         if let Some(m) = self.metrics.take() {
             tail.meter = m.head(res);
+        }
+    }
+}
+
+/// What the response body still owes the access log and the metrics: one body wrapper
+/// releases both (as their own services, each wrapped and boxed the body again).
+#[derive(Default)]
+struct Tail {
+    #[cfg(feature = "trace")]
+    log: Option<crate::trace::BodyLog>,
+    #[cfg(feature = "metrics")]
+    meter: Option<crate::metrics::BodyMeter>,
+}
+
+impl Tail {
+    fn wrap(self, res: Response) -> Response {
+        #[cfg(any(feature = "trace", feature = "metrics"))]
+        {
+            #[allow(unused_mut)]
+            let mut owed = false;
+            #[cfg(feature = "trace")]
+            {
+                owed |= self.log.is_some();
+            }
+            #[cfg(feature = "metrics")]
+            {
+                owed |= self.meter.is_some();
+            }
+            if owed {
+                return res.map(|inner| axum::body::Body::new(TailBody { inner, tail: self }));
+            }
+        }
+        res
+    }
+}
+
+/// The response body with [`Tail`]'s work: each frame is counted by the metrics, then
+/// by the access log, in the order of the two layers' own bodies.
+#[cfg(any(feature = "trace", feature = "metrics"))]
+struct TailBody {
+    inner: axum::body::Body,
+    tail: Tail,
+}
+
+#[cfg(any(feature = "trace", feature = "metrics"))]
+impl http_body::Body for TailBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        #[cfg(feature = "metrics")]
+        if let Some(meter) = &mut this.tail.meter {
+            let inner = &this.inner;
+            meter.polled(&polled, || inner.is_end_stream());
+        }
+        #[cfg(feature = "trace")]
+        if let Some(log) = &mut this.tail.log {
+            log.polled(&polled);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(any(feature = "trace", feature = "metrics"))]
+impl Drop for TailBody {
+    // The access log's line first, then the metrics' completion: the order in which the
+    // layers' own bodies (the log's around the metrics') drop.
+    fn drop(&mut self) {
+        #[cfg(feature = "trace")]
+        if let Some(log) = &mut self.tail.log {
+            log.dropped(http_body::Body::is_end_stream(&self.inner));
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(meter) = &mut self.tail.meter {
+            meter.dropped();
         }
     }
 }
@@ -523,7 +606,7 @@ impl Pending {
 
     /// Layers 3 and 2, after the span is left; then the body's wrapper, if one is owed.
     #[allow(unused_mut)]
-    fn respond(&mut self, res: Response, mut tail: crate::observe::Tail) -> Response {
+    fn respond(&mut self, res: Response, mut tail: Tail) -> Response {
         #[cfg(feature = "trace")]
         if let Some(finish) = self.trace.take() {
             tail.log = Some(finish.head(&res));
@@ -585,7 +668,7 @@ where
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut tail = crate::observe::Tail::default();
+        let mut tail = Tail::default();
         let res = {
             #[cfg(feature = "trace")]
             let _entered = this.pending.trace.as_ref().map(|f| f.span().enter());

@@ -82,6 +82,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use bytes::Bytes;
@@ -558,7 +559,8 @@ impl Finish {
 
     /// Takes the response head; the completion event is written when its body ends.
     pub(crate) fn respond(self, res: Response) -> Response {
-        crate::observe::Tail::log(self.head(&res)).wrap(res)
+        let log = self.head(&res);
+        res.map(|inner| Body::new(LogBody { inner, log }))
     }
 
     /// Takes the response head; what is left for the body.
@@ -577,7 +579,8 @@ impl Finish {
 }
 
 /// What a response body still owes the access log: its completion event, written at
-/// the body's end (or when the body is dropped), through [`crate::observe::Tail`].
+/// the body's end (or when the body is dropped). Kept apart from [`LogBody`] so that
+/// the stack can log and meter a body with one wrapper.
 pub(crate) struct BodyLog {
     state: Option<(Finish, Outcomes)>,
     status: u16,
@@ -623,6 +626,43 @@ impl BodyLog {
                     .aborted(Some(self.status), Some(self.bytes), Some(&state.1));
             }
         }
+    }
+}
+
+/// The response body of [`Trace`], counting bytes and writing the final event at its end.
+struct LogBody {
+    inner: Body,
+    /// Inline: `Body::new` boxes this body anyway.
+    log: BodyLog,
+}
+
+impl http_body::Body for LogBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.log.polled(&polled);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LogBody {
+    fn drop(&mut self) {
+        let end_stream = http_body::Body::is_end_stream(&self.inner);
+        self.log.dropped(end_stream);
     }
 }
 
