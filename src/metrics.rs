@@ -749,13 +749,12 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let scheme = client_info(&req).scheme;
         let state = start(
             self.registry,
             &self.exclude,
             self.body_sizes,
             &mut req,
-            scheme,
+            |req| client_info(req).scheme,
         );
         MetricsFuture {
             inner: self.inner.call(req),
@@ -769,25 +768,28 @@ impl MetricsLayer {
     /// layer without a level of its own).
     #[inline]
     pub(crate) fn start(&self, req: &mut Request, scheme: Scheme) -> Option<InFlight> {
-        start(self.registry, &self.exclude, self.body_sizes, req, scheme)
+        start(self.registry, &self.exclude, self.body_sizes, req, |_| {
+            scheme
+        })
     }
 }
 
 /// Counts the request in flight and notes what its observations need; `None` for an
-/// excluded path.
+/// excluded path (whose `scheme` is not asked).
+#[inline]
 fn start(
     registry: &'static Registry,
     exclude: &RouteMatcher,
     body_sizes: bool,
     req: &mut Request,
-    scheme: Scheme,
+    scheme: impl FnOnce(&Request) -> Scheme,
 ) -> Option<InFlight> {
     if exclude.matches_path(req.uri().path()) {
         return None;
     }
     crate::outcome::ask(req.extensions_mut());
     let method = method_index(req.method());
-    let scheme = scheme_index(scheme);
+    let scheme = scheme_index(scheme(req));
     let route = match req.extensions().get::<MatchedPath>() {
         Some(m) => registry.route_id(m.as_str()),
         None => ROUTE_UNMATCHED,
