@@ -346,6 +346,53 @@ fn palisade_router(rt: &tokio::runtime::Runtime, toml: &str) -> Router {
     hello_routes().layer(stack.layer())
 }
 
+/// Each layer on its own, without the `Palisade` stack around it, as a user who replaces
+/// one of the anchor crates applies it (the rate limiter reads the peer address, as
+/// tower_governor's default key does): the like-for-like comparison with that crate's
+/// layer. The `palisade/…` variant of the same layer runs it inside the stack, whose
+/// fixed cost (`palisade/none`) it includes.
+fn layer_variants() -> Vec<(&'static str, Router)> {
+    use palisade::stack::BuildContext;
+    let ctx = BuildContext::default();
+    let config = |name: &str| {
+        let toml = palisade_variants()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t)
+            .expect("a palisade variant of that name");
+        palisade::Config::from_toml_str(&toml).expect("bench config parses")
+    };
+    let rate_limit = palisade::rate_limit::RateLimitLayer::from_config(
+        &config("palisade/rate_limit").rate_limit,
+        &ctx,
+    )
+    .expect("valid rate-limit config")
+    .before_auth
+    .expect("an ip policy runs before auth");
+    let metrics =
+        palisade::metrics::MetricsLayer::from_config(&config("palisade/metrics").metrics, &ctx)
+            .expect("valid metrics config")
+            .expect("metrics on");
+    let headers = palisade::security_headers::SecurityHeadersLayer::from_config(
+        &config("palisade/security_headers").security_headers,
+        &ctx,
+    )
+    .expect("valid header config")
+    .expect("headers on");
+    let log = palisade::trace::TraceLayer::from_config(
+        &config("palisade/access_log@telemetry").logging,
+        &ctx,
+    )
+    .expect("valid logging config")
+    .expect("access log on");
+    vec![
+        ("layer/rate_limit", hello_routes().layer(rate_limit)),
+        ("layer/metrics", hello_routes().layer(metrics)),
+        ("layer/security_headers", hello_routes().layer(headers)),
+        ("layer/access_log@telemetry", hello_routes().layer(log)),
+    ]
+}
+
 // ---------------------------------------------------------------- harness
 
 fn variants(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Router)> {
@@ -363,6 +410,9 @@ fn variants(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Router)> {
     for (name, toml) in palisade_variants() {
         v.push((name, palisade_router(rt, &toml)));
     }
+    let guard = rt.enter();
+    v.extend(layer_variants());
+    drop(guard);
     // `BENCH_ONLY=palisade/full,bare` restricts the run (profiling, quick A/B).
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         let keep: Vec<&str> = only.split(',').collect();
@@ -519,7 +569,9 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         );
     }
     let pos = |n: &str| variants.iter().position(|(v, _)| *v == n);
-    println!("\n| palisade variant | Δ ns | anchor | anchor Δ ns | ratio | target | met |");
+    println!(
+        "\n| palisade variant (stack or layer alone) | Δ ns | anchor | anchor Δ ns | ratio | target | met |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (name, anchor, target) in [
         ("palisade/rate_limit", "anchor/tower_governor", 1.0),
@@ -541,6 +593,14 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         ("palisade/full@telemetry", "anchor/all", 1.0 / 3.0),
         ("palisade/full@registry", "anchor/all", 1.0 / 3.0),
         ("palisade/full-nolog", "anchor/all", 1.0 / 3.0),
+        ("layer/rate_limit", "anchor/tower_governor", 1.0),
+        ("layer/metrics", "anchor/axum_prometheus", 0.5),
+        (
+            "layer/security_headers",
+            "anchor/set_response_header_x8",
+            1.0 / 3.0,
+        ),
+        ("layer/access_log@telemetry", "anchor/trace_json", 0.5),
     ] {
         let (Some(p), Some(a)) = (pos(name), pos(anchor)) else {
             continue;

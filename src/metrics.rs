@@ -756,6 +756,10 @@ where
             &mut req,
             |req| client_info(req).scheme,
         );
+        if state.is_some() {
+            // The layers below attach their records for this layer to read.
+            crate::outcome::ask(req.extensions_mut());
+        }
         MetricsFuture {
             inner: self.inner.call(req),
             state,
@@ -765,7 +769,8 @@ where
 
 impl MetricsLayer {
     /// What [`Metrics`] does before its inner service (for the stack, which runs the
-    /// layer without a level of its own).
+    /// layer without a level of its own). The stack's inner layers attach their records
+    /// unasked (no marker to insert).
     #[inline]
     pub(crate) fn start(&self, req: &mut Request, scheme: Scheme) -> Option<InFlight> {
         start(self.registry, &self.exclude, self.body_sizes, req, |_| {
@@ -787,7 +792,6 @@ fn start(
     if exclude.matches_path(req.uri().path()) {
         return None;
     }
-    crate::outcome::ask(req.extensions_mut());
     let method = method_index(req.method());
     let scheme = scheme_index(scheme(req));
     let route = match req.extensions().get::<MatchedPath>() {

@@ -12,6 +12,14 @@
 //! layers then allocate nothing for records nobody reads (the first extension of a
 //! response costs three allocations). Rejections always carry their record.
 //!
+//! In the full stack ([`Palisade`](crate::Palisade)) there is no marker: when its
+//! access log or metrics are on, the stack's own rate limiter, auth and cache attach
+//! their records to every response (a marker would be one more request extension, and
+//! with axum's own and palisade's it made the request's extension map grow once more).
+//! A palisade layer you apply yourself below the stack, to one route say, still
+//! attaches the record of an admitted request only when asked: insert the marker in
+//! a middleware between the stack and that layer.
+//!
 //! ```
 //! use axum::{Router, extract::Request, middleware::{self, Next}, routing::get};
 //! use palisade::outcome::{RateLimitOutcome, RecordOutcomes};

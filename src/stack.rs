@@ -305,22 +305,46 @@ where
         // is first polled) is boxed here, once: every level above wraps it by value
         // and would move it, which costs more memcpy than the one allocation.
         let inner = BoxedHandler(inner);
+        // When the access log or the metrics are on, the layers below attach their
+        // outcome records to every response instead of looking for the request marker
+        // that the standalone log and metrics layers insert: one extension fewer per
+        // request (with axum's, the client's, the request id and the identity, the
+        // marker made the request's extension map grow a third time).
+        #[allow(unused_mut)]
+        let mut records_read = false;
+        #[cfg(feature = "trace")]
+        {
+            records_read |= p.trace.is_some();
+        }
+        #[cfg(feature = "metrics")]
+        {
+            records_read |= p.metrics.is_some();
+        }
+        let _ = records_read;
         // Built inside out: the innermost layer wraps the handler first.
         #[cfg(feature = "cache")]
         let inner = tower::ServiceBuilder::new()
-            .option_layer(p.cache.clone())
+            .option_layer(recording(p.cache.clone(), records_read, |l| l.recording()))
             .service(inner);
         #[cfg(feature = "rate-limit")]
         let inner = tower::ServiceBuilder::new()
-            .option_layer(p.rate_limit.after_auth.clone())
+            .option_layer(recording(
+                p.rate_limit.after_auth.clone(),
+                records_read,
+                |l| l.recording(),
+            ))
             .service(inner);
         #[cfg(any(feature = "api-key", feature = "jwt"))]
         let inner = tower::ServiceBuilder::new()
-            .option_layer(p.auth.clone())
+            .option_layer(recording(p.auth.clone(), records_read, |l| l.recording()))
             .service(inner);
         #[cfg(feature = "rate-limit")]
         let inner = tower::ServiceBuilder::new()
-            .option_layer(p.rate_limit.before_auth.clone())
+            .option_layer(recording(
+                p.rate_limit.before_auth.clone(),
+                records_read,
+                |l| l.recording(),
+            ))
             .service(inner);
         PalisadeService {
             inner: Edge {
@@ -329,6 +353,12 @@ where
             },
         }
     }
+}
+
+/// `layer`, switched to attach its outcome records unasked when the stack reads them.
+#[allow(dead_code)]
+fn recording<L>(layer: Option<L>, records_read: bool, on: impl FnOnce(L) -> L) -> Option<L> {
+    layer.map(|l| if records_read { on(l) } else { l })
 }
 
 type BoxFuture = std::pin::Pin<

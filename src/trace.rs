@@ -223,7 +223,7 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let state = self.settings.start(&mut req);
+        let state = self.settings.start(&mut req, true);
         let inner = {
             let _entered = state.as_ref().map(|s| s.span.enter());
             self.inner.call(req)
@@ -234,23 +234,28 @@ where
 
 impl TraceLayer {
     /// What [`Trace`] does before its inner service (for the stack, which runs the
-    /// layer without a level of its own); the inner service runs in the span.
+    /// layer without a level of its own); the inner service runs in the span. The
+    /// stack's inner layers attach their records unasked (no marker to insert).
     #[inline]
     pub(crate) fn start(&self, req: &mut Request) -> Option<Finish> {
-        self.settings.start(req)
+        self.settings.start(req, false)
     }
 }
 
 impl Settings {
     /// The request's span and fields, its start; `None` for an excluded path.
-    fn start(self: &Arc<Self>, req: &mut Request) -> Option<Finish> {
+    /// `ask`: insert the [`RecordOutcomes`](crate::outcome::RecordOutcomes) marker for
+    /// the layers below.
+    fn start(self: &Arc<Self>, req: &mut Request, ask: bool) -> Option<Finish> {
         if let Some(exclude) = &self.exclude
             && exclude.matches_path(req.uri().path())
         {
             return None;
         }
         let start = Instant::now();
-        crate::outcome::ask(req.extensions_mut());
+        if ask {
+            crate::outcome::ask(req.extensions_mut());
+        }
         let span = request_span(req);
         #[cfg(feature = "otel")]
         crate::otel::on_request(&span, req, &self.redact);

@@ -205,6 +205,76 @@ async fn completed_request_has_every_field_and_no_secret() {
     assert!(v.get("error.type").is_none());
 }
 
+/// With the access log on, the stack's rate limiter, auth and cache attach their
+/// records to every response they let through, and the log line carries them; they are
+/// not asked by a marker in the request (one extension fewer per request), so the
+/// handler sees none.
+#[cfg(all(feature = "rate-limit", feature = "api-key", feature = "cache"))]
+#[tokio::test]
+async fn admitted_requests_log_each_layers_decision_without_a_request_marker() {
+    use palisade::outcome::RecordOutcomes;
+    let (buf, _guard) = capture();
+    let config = Config::from_toml_str(
+        r#"
+[rate_limit]
+[[rate_limit.policies]]
+name = "obs-admit-ip"
+key = "ip"
+limit = 100
+period_s = 60
+
+[auth]
+[[auth.api_keys]]
+id = "obs-admit"
+sha256 = "c971f9b5ad1ac5e78ef3a08b0ed5cf07a87c4eaaca80552f2fc80ec8a314e0fd"
+[[auth.rules]]
+paths = ["/obs-admitted"]
+require = "api_key"
+
+[cache]
+[[cache.rules]]
+paths = ["/obs-cached/{id}"]
+ttl_s = 30
+"#,
+    )
+    .unwrap();
+    let marker = |req: axum::extract::Request| async move {
+        req.extensions()
+            .get::<RecordOutcomes>()
+            .is_some()
+            .to_string()
+    };
+    let routes = Router::new()
+        .route("/obs-admitted", get(marker))
+        .route("/obs-cached/{id}", get(marker));
+    let (_p, app) = stack(config, routes).await;
+
+    let req = request("GET", "/obs-admitted")
+        .header("x-api-key", "obs-admit-key-0123456789")
+        .body(Body::empty())
+        .unwrap();
+    let (res, body) = send(&app, req).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(&body[..], b"false", "no marker reaches the handler");
+    let (res, body) = send(
+        &app,
+        request("GET", "/obs-cached/1").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(&body[..], b"false");
+
+    let access = buf.access();
+    assert_eq!(access.len(), 2, "{}", buf.text());
+    let (admitted, cached) = (&access[0], &access[1]);
+    assert_eq!(admitted["rate_limit.outcome"], "allowed");
+    assert_eq!(admitted["rate_limit.policy"], "obs-admit-ip");
+    assert_eq!(admitted["auth.outcome"], "ok");
+    assert_eq!(admitted["auth.identity"], "obs-admit");
+    assert_eq!(cached["rate_limit.outcome"], "allowed");
+    assert_eq!(cached["cache.status"], "miss");
+}
+
 #[tokio::test]
 async fn rejections_carry_palisade_decisions() {
     let (buf, _guard) = capture();

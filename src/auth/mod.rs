@@ -297,6 +297,8 @@ impl fmt::Debug for State {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     state: Arc<State>,
+    /// Attach the outcome record to every response (see `RateLimitLayer::recording`).
+    record: bool,
 }
 
 /// Code-first construction of an [`AuthLayer`]; everything is validated in
@@ -575,6 +577,7 @@ impl AuthBuilder {
             j.start(self.shutdown.clone().unwrap_or_default()).await;
         }
         Ok(AuthLayer {
+            record: false,
             state: Arc::new(State {
                 challenges,
                 rules,
@@ -600,6 +603,13 @@ fn require_name(r: Require) -> &'static str {
 }
 
 impl AuthLayer {
+    /// The stack's access log or metrics read this layer's records: attach them to
+    /// every response (no request marker needed, so no extension insert per request).
+    pub(crate) fn recording(mut self) -> Self {
+        self.record = true;
+        self
+    }
+
     /// Builds the layer from its config section; `None` when the section configures
     /// nothing. Every problem (missing environment variable, unreadable PEM, bad
     /// digest, bad `expires_at`, unknown algorithm, rules needing an unconfigured
@@ -645,6 +655,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             state: self.state.clone(),
+            record: self.record,
         }
     }
 }
@@ -654,6 +665,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     state: Arc<State>,
+    record: bool,
 }
 
 /// The layer's decision before the handler runs.
@@ -1091,7 +1103,7 @@ where
         let (mut parts, body) = req.into_parts();
         // Rejections always carry their outcome (the response has extensions already);
         // an admitted request's is attached only when someone reads it.
-        let record = outcome::wanted(&parts.extensions);
+        let record = self.record || outcome::wanted(&parts.extensions);
         // Most requests (no credential, a malformed one, an in-memory API key) are
         // decided without waiting: no boxed future, no clone of the inner service.
         if let Some(verdict) = self.state.decide_now(&parts) {

@@ -106,6 +106,9 @@ const STREAM_WAIT: Duration = Duration::from_millis(250);
 #[derive(Clone)]
 pub struct CacheLayer {
     shared: Arc<Shared>,
+    /// Attach the outcome record to every response (the stack's access log or metrics
+    /// read them), without a marker on the request.
+    record: bool,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -194,6 +197,13 @@ pub(crate) struct Shared {
 }
 
 impl CacheLayer {
+    /// The stack's access log or metrics read this layer's records: attach them to
+    /// every response (no request marker needed, so no extension insert per request).
+    pub(crate) fn recording(mut self) -> Self {
+        self.record = true;
+        self
+    }
+
     /// Builds the layer from its config section; `None` when no rule is configured.
     ///
     /// Every problem is reported at once, keyed by its dotted path.
@@ -328,6 +338,7 @@ impl CacheLayer {
             return Err(ConfigError::new("cache.backend", "no store"));
         };
         Ok(Some(Self {
+            record: false,
             shared: Arc::new(Shared {
                 rules,
                 store,
@@ -366,7 +377,7 @@ impl CacheLayer {
 impl<S> tower::Layer<S> for CacheLayer {
     type Service = Cache<S>;
     fn layer(&self, inner: S) -> Cache<S> {
-        Cache::new(inner, self.shared.clone())
+        Cache::new(inner, self.shared.clone(), self.record)
     }
 }
 

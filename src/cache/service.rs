@@ -39,11 +39,17 @@ const AGE_ZERO: HeaderValue = HeaderValue::from_static("0");
 pub struct Cache<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// Attach the outcome record to every response (see `CacheLayer::recording`).
+    record: bool,
 }
 
 impl<S> Cache<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, record: bool) -> Self {
+        Self {
+            inner,
+            shared,
+            record,
+        }
     }
 }
 
@@ -80,8 +86,9 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
+        let record = self.record || crate::outcome::wanted(req.extensions());
         let fut = Infallibly {
-            inner: handle(shared, inner, req, rule),
+            inner: handle(shared, inner, req, rule, record),
         };
         Box::pin(fut)
     }
@@ -123,7 +130,13 @@ struct Ctx {
 /// A hit (lookup, serve) runs inline; every other path is a boxed future of its
 /// own, so the future of a hit stays small: it is moved into its box on every
 /// request, and a future over 1 KiB also leaves glibc's fast allocation path.
-async fn handle<S>(shared: Arc<Shared>, mut inner: S, req: Request, ri: usize) -> Response
+async fn handle<S>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request,
+    ri: usize,
+    record: bool,
+) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -131,12 +144,11 @@ where
     let rule = &shared.rules[ri];
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
-        return Box::pin(other_method(shared, inner, req)).await;
+        return Box::pin(other_method(shared, inner, req, record)).await;
     }
-    let ctx = match prepare(&req, rule) {
+    let ctx = match prepare(&req, rule, record) {
         Ok(ctx) => ctx,
         Err(reason) => {
-            let record = crate::outcome::wanted(req.extensions());
             return bypass(Box::pin(call(&mut inner, req)).await, reason, record);
         }
     };
@@ -180,12 +192,11 @@ where
 
 /// Methods other than GET and HEAD: passed through; a successful unsafe one
 /// invalidates what is stored for its target.
-async fn other_method<S>(shared: Arc<Shared>, mut inner: S, req: Request) -> Response
+async fn other_method<S>(shared: Arc<Shared>, mut inner: S, req: Request, record: bool) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    let record = crate::outcome::wanted(req.extensions());
     let unsafe_method = !req.method().is_safe();
     let target = unsafe_method
         .then(|| request_host(&req).map(|h| (h.into_owned(), req.uri().path().to_owned())))
@@ -409,7 +420,7 @@ fn request_host(req: &Request) -> Option<std::borrow::Cow<'_, str>> {
     key::validate_host(raw)
 }
 
-fn prepare(req: &Request, rule: &Rule) -> Result<Ctx, &'static str> {
+fn prepare(req: &Request, rule: &Rule, record: bool) -> Result<Ctx, &'static str> {
     let headers = req.headers();
     let scan = policy::RequestHeaders::scan(headers);
     if scan.body_framing
@@ -460,7 +471,7 @@ fn prepare(req: &Request, rule: &Rule) -> Result<Ctx, &'static str> {
         } else {
             None
         },
-        record: crate::outcome::wanted(req.extensions()),
+        record,
         if_none_match: scan.if_none_match,
     })
 }

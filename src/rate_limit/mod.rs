@@ -342,6 +342,9 @@ struct Stage {
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     stage: Arc<Stage>,
+    /// Attach the outcome record to every response (the stack's access log or metrics
+    /// read them), without a [`RecordOutcomes`] marker on the request.
+    record: bool,
 }
 
 /// One policy's result for one request.
@@ -384,6 +387,13 @@ struct Verdict {
 }
 
 impl RateLimitLayer {
+    /// The stack's access log or metrics read this layer's records: attach them to
+    /// every response (no request marker needed, so no extension insert per request).
+    pub(crate) fn recording(mut self) -> Self {
+        self.record = true;
+        self
+    }
+
     /// Builds both stages from `[rate_limit]`; both are `None` when no policy is
     /// configured. Every problem of the section is reported in one [`ConfigError`].
     pub fn from_config(
@@ -483,6 +493,7 @@ impl RateLimitLayer {
         let has_after = !after.is_empty();
         let stage = |policies: Vec<Policy>, after_auth| {
             (!policies.is_empty()).then(|| RateLimitLayer {
+                record: false,
                 stage: Arc::new(Stage {
                     shared: shared.clone(),
                     policies,
@@ -992,6 +1003,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             stage: self.stage.clone(),
+            record: self.record,
         }
     }
 }
@@ -1001,6 +1013,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     stage: Arc<Stage>,
+    record: bool,
 }
 
 impl<S> Service<Request> for RateLimit<S>
@@ -1017,7 +1030,7 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let record = outcome::wanted(req.extensions());
+        let record = self.record || outcome::wanted(req.extensions());
         let mut v = Verdict {
             entries: self.stage.applicable(&req),
             record,
