@@ -30,6 +30,11 @@ TARGETS = {
     # The floor of a `tracing`-based access log (spans and events, nothing formatted).
     "palisade/full@registry": ("anchor/all", 1 / 3),
     "palisade/full-nolog": ("anchor/all", None),
+    # Each layer on its own, without the stack (as the anchors run theirs).
+    "layer/rate_limit": ("anchor/tower_governor", 1.0),
+    "layer/metrics": ("anchor/axum_prometheus", 0.5),
+    "layer/security_headers": ("anchor/set_response_header_x8", 1 / 3),
+    "layer/access_log@telemetry": ("anchor/trace_json", 0.5),
 }
 
 
