@@ -581,7 +581,7 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         "\n| palisade variant (stack or layer alone) | Δ ns | anchor | anchor Δ ns | ratio | ratio of fastest rounds | target | met |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, anchor, target) in [
+    let stack_targets = [
         ("palisade/rate_limit", "anchor/tower_governor", 1.0),
         ("palisade/metrics", "anchor/axum_prometheus", 0.5),
         (
@@ -601,15 +601,19 @@ fn paired(rt: &tokio::runtime::Runtime, variants: &[(&str, Router)]) {
         ("palisade/full@telemetry", "anchor/all", 1.0 / 3.0),
         ("palisade/full@registry", "anchor/all", 1.0 / 3.0),
         ("palisade/full-nolog", "anchor/all", 1.0 / 3.0),
-        ("layer/rate_limit", "anchor/tower_governor", 1.0),
-        ("layer/metrics", "anchor/axum_prometheus", 0.5),
-        (
-            "layer/security_headers",
-            "anchor/set_response_header_x8",
-            1.0 / 3.0,
-        ),
-        ("layer/access_log@telemetry", "anchor/trace_json", 0.5),
-    ] {
+    ];
+    // Each layer alone has the anchor and target of the same layer in the stack.
+    let layer_targets = variants
+        .iter()
+        .filter_map(|(name, _)| {
+            let layer = name.strip_prefix("layer/")?;
+            let (_, anchor, target) = stack_targets
+                .iter()
+                .find(|(n, _, _)| n.strip_prefix("palisade/") == Some(layer))?;
+            Some((*name, *anchor, *target))
+        })
+        .collect::<Vec<_>>();
+    for (name, anchor, target) in stack_targets.into_iter().chain(layer_targets) {
         let (Some(p), Some(a)) = (pos(name), pos(anchor)) else {
             continue;
         };
