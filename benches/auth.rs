@@ -130,5 +130,33 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The API-key store's constant-time scan alone, by number of stored keys: it compares
+/// the presented digest with every stored one, so its cost grows with the key count.
+fn scan(c: &mut Criterion) {
+    use palisade::auth::api_key::KeyHasher;
+    use palisade::auth::{ApiKeyRecord, StaticKeyStore};
+    let hasher = KeyHasher::sha256();
+    let mut g = c.benchmark_group("api_key_scan");
+    for n in [1usize, 10, 100] {
+        let mut store = StaticKeyStore::new();
+        for i in 0..n {
+            store.insert(
+                hasher.digest(format!("key-{i}").as_bytes()),
+                ApiKeyRecord {
+                    id: format!("k{i}").into(),
+                    scopes: Vec::<String>::new().into(),
+                    expires_at: None,
+                },
+            );
+        }
+        // The last key: every key is compared anyway, whichever matches.
+        let digest = hasher.digest(format!("key-{}", n - 1).as_bytes());
+        g.bench_function(format!("{n}_keys"), |b| {
+            b.iter(|| black_box(store.get(black_box(&digest)).is_some()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, scan);
 criterion_main!(benches);

