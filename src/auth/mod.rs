@@ -604,10 +604,11 @@ fn require_name(r: Require) -> &'static str {
 }
 
 impl AuthLayer {
-    /// The stack's access log or metrics read this layer's records: attach them to
-    /// every response (no request marker needed, so no extension insert per request).
-    pub(crate) fn recording(mut self) -> Self {
-        self.record = true;
+    /// `true` when the stack's access log or metrics read this layer's records: attach
+    /// them to every response (no request marker needed, so no extension insert per
+    /// request).
+    pub(crate) fn recording(mut self, on: bool) -> Self {
+        self.record = on;
         self
     }
 

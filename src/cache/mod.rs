@@ -197,10 +197,11 @@ pub(crate) struct Shared {
 }
 
 impl CacheLayer {
-    /// The stack's access log or metrics read this layer's records: attach them to
-    /// every response (no request marker needed, so no extension insert per request).
-    pub(crate) fn recording(mut self) -> Self {
-        self.record = true;
+    /// `true` when the stack's access log or metrics read this layer's records: attach
+    /// them to every response (no request marker needed, so no extension insert per
+    /// request).
+    pub(crate) fn recording(mut self, on: bool) -> Self {
+        self.record = on;
         self
     }
 
