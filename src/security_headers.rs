@@ -387,23 +387,24 @@ impl Shared {
         let own = std::mem::replace(headers, template.headers.clone());
         if !own.is_empty() {
             headers.reserve(own.len());
-            let mut current: Option<HeaderName> = None;
-            for (name, value) in own {
-                match name {
-                    Some(name) => {
-                        if self.remove.contains(&name) || template.forced.contains(&name) {
-                            current = None;
-                        } else {
-                            headers.insert(&name, value);
-                            current = Some(name);
-                        }
-                    }
+            let mut own = own.into_iter().peekable();
+            while let Some((name, value)) = own.next() {
+                // `None`: a further value of a name dropped just before (the further
+                // values of a kept name are taken with its first, below).
+                let Some(name) = name else { continue };
+                if self.remove.contains(&name) || template.forced.contains(&name) {
+                    continue;
+                }
+                if matches!(own.peek(), Some((None, _))) {
                     // Further values of the same name: keep them all, as the handler did.
-                    None => {
-                        if let Some(name) = &current {
-                            headers.append(name, value);
-                        }
+                    headers.insert(&name, value);
+                    while let Some((_, value)) = own.next_if(|(n, _)| n.is_none()) {
+                        headers.append(&name, value);
                     }
+                } else {
+                    // The common case, one value: the name moves into the map (a
+                    // custom name is not cloned).
+                    headers.insert(name, value);
                 }
             }
         }
@@ -1204,6 +1205,57 @@ mod tests {
             .insert("x-request-id", HeaderValue::from_static("id"));
         assert!(res.headers().len() > 12, "{} headers", res.headers().len());
         assert_eq!(res.headers().capacity(), capacity);
+    }
+
+    /// The handler's headers go back over the template in order: every value of a kept
+    /// name (the first replaces the profile's), none of a removed or forced name, and a
+    /// removed name's further values do not attach to the next name.
+    #[test]
+    fn handler_headers_keep_all_their_values_and_removed_ones_leave_none() {
+        let shared = compile(&SecurityHeadersConfig {
+            profile: Profile::Api,
+            remove: vec!["x-drop".to_owned()],
+            override_headers: vec!["referrer-policy".to_owned()],
+            ..cfg()
+        })
+        .unwrap();
+        let mut res = Response::new(axum::body::Body::empty());
+        let h = res.headers_mut();
+        for (name, value) in [
+            ("x-drop", "1"),
+            ("x-drop", "2"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("x-frame-options", "ALLOWALL"),
+            ("referrer-policy", "unsafe-url"),
+            ("referrer-policy", "origin"),
+            ("x-keep", "a"),
+            ("x-keep", "b"),
+            ("x-keep", "c"),
+            ("x-single", "s"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        shared.apply(&mut res, false, None);
+        let all = |n: &str| -> Vec<&str> {
+            res.headers()
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert!(all("x-drop").is_empty());
+        assert_eq!(all("x-frame-options"), ["SAMEORIGIN", "ALLOWALL"]);
+        assert_eq!(
+            all("referrer-policy"),
+            ["no-referrer"],
+            "forced: the profile's"
+        );
+        assert_eq!(all("x-keep"), ["a", "b", "c"]);
+        assert_eq!(all("x-single"), ["s"]);
+        assert_eq!(all("x-content-type-options"), ["nosniff"]);
     }
 
     #[test]
