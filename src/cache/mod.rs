@@ -33,7 +33,8 @@
 //! reason when nothing was stored or served, `Age`, and `X-Cache: HIT|MISS`; a
 //! [`CacheOutcome`] goes into the response extensions for logs and metrics when the
 //! request asks for it ([`RecordOutcomes`](crate::outcome::RecordOutcomes), which the
-//! access log and metrics insert). Every hit of one record within the same second
+//! standalone access-log and metrics layers insert), and always inside the full stack
+//! when its access log or metrics are on. Every hit of one record within the same second
 //! sends the same headers (`Age` and the TTL change by the second), so the record
 //! keeps the header map of its last hit and the next one clones it: a reference count
 //! per value instead of hashing every name into a new map and formatting `Age` again.

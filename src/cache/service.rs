@@ -121,7 +121,8 @@ struct Ctx {
     shared_credentialed: bool,
     /// Why this request must not fill the cache even if the response is storable.
     fill_block: Option<&'static str>,
-    /// The request asks for outcome records ([`RecordOutcomes`](crate::outcome::RecordOutcomes)).
+    /// Attach the outcome record: the request asks for it
+    /// ([`RecordOutcomes`](crate::outcome::RecordOutcomes)), or the stack reads it always.
     record: bool,
     /// The request has `If-None-Match` (found by the header scan: no lookup per hit).
     if_none_match: bool,
